@@ -1,0 +1,81 @@
+"""The native JSON API under /v1: evaluations and the catalogues."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, request
+
+from service.errors import BadRequest, NotFound, UnsupportedMediaType
+from service.evaluation import Evaluator
+from service.intake import parse_encounter
+from service.knowledge import Knowledge
+from service.openapi import build_spec
+
+bp = Blueprint("api", __name__)
+JSON = "application/json"
+
+
+def _evaluator() -> Evaluator:
+    return current_app.extensions["evaluator"]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype=JSON)
+
+
+def read_json_body() -> Any:
+    mimetype = request.mimetype or ""
+    if mimetype != JSON and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Send the body as application/json (got {mimetype or 'no Content-Type'})."
+        )
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # orjson's message gives line/column/char position only, never the content.
+        raise BadRequest(f"The body is not valid JSON: {exc}") from None
+
+
+@bp.post("/v1/evaluations")
+def create_evaluation() -> Response:
+    evaluator = _evaluator()
+    encounter = parse_encounter(evaluator.knowledge, read_json_body())
+    return _json(evaluator.evaluate(encounter))
+
+
+def _catalogues(k: Knowledge) -> dict[str, bytes]:
+    """Serialised once per app: the catalogues change only with the rule set."""
+    cache = current_app.extensions.get("catalogues")
+    if cache is None:
+        from service.catalogue import catalogue_items
+
+        cache = {name: orjson.dumps({"items": items}) for name, items in catalogue_items(k).items()}
+        current_app.extensions["catalogues"] = cache
+    return cache
+
+
+@bp.get("/v1/<any(findings, conditions, tests, rules, sources, red_flags, advice):name>")
+def catalogue(name: str) -> Response:
+    return Response(_catalogues(_evaluator().knowledge)[name], mimetype=JSON)
+
+
+@bp.get("/v1/rules/<rule_id>")
+def rule(rule_id: str) -> Response:
+    from service.catalogue import rule_item
+
+    k = _evaluator().knowledge
+    if rule_id not in k.rules_by_id:
+        raise NotFound(f"No rule {rule_id!r}. GET /v1/rules lists them.")
+    return _json(rule_item(k, k.rules_by_id[rule_id]))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    spec = current_app.extensions.get("openapi")
+    if spec is None:
+        spec = orjson.dumps(build_spec())
+        current_app.extensions["openapi"] = spec
+    return Response(spec, mimetype=JSON)

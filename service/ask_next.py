@@ -1,0 +1,122 @@
+"""What to ask next: the unknown findings that would most change the answer.
+
+For every rule that did not fire, its condition is read three-valued against what is known
+(true / false / unknown, where unknown means a finding nobody reported). A rule that is
+blocked only by one or two unknown findings is a near miss: answering those findings could
+fire it. Each near miss credits its unknown findings with the rule's impact: a tier it would
+raise above the current one counts most, then red flags, then support for must-not-miss
+conditions, other support, and tests. Findings are ranked by total credit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from service.engine import EngineResult, Fact, compare, leaf_matches
+from service.knowledge import TIER_RANK, Group, Knowledge, Leaf, Rule
+
+if TYPE_CHECKING:
+    from service.evaluation import Encounter
+
+MAX_QUESTIONS = 5
+MAX_UNKNOWN_PER_RULE = 2
+_TRUE = frozenset()  # a satisfied condition: no unknowns needed
+
+
+def rank_questions(k: Knowledge, enc: Encounter, result: EngineResult, tier: str) -> list[dict[str, Any]]:
+    fired = {f.rule_id for f in result.firings}
+    derived = {name for f in result.firings for name in f.derived}
+    known = {f.key: f for f in enc.facts() if f.kind == "finding"}
+    patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
+    ctx = (known, patient, derived, result.scores)
+
+    credit: dict[str, float] = {}
+    reasons: dict[str, list[str]] = {}
+    for rule in k.rules:
+        if rule.id in fired:
+            continue
+        if any(_leaf(leaf, ctx) is _TRUE for leaf in rule.when.none):
+            continue
+        needed = _when(rule, ctx)
+        if needed is None or not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
+            continue
+        impact = _impact(k, rule, tier)
+        if impact <= 0:
+            continue
+        for code in needed:
+            credit[code] = credit.get(code, 0) + impact / len(needed)
+            reasons.setdefault(code, []).append(rule.id)
+
+    ranked = sorted(credit, key=lambda c: (-credit[c], c))[:MAX_QUESTIONS]
+    out = []
+    for code in ranked:
+        f = k.findings[code]
+        rules = reasons[code]
+        titles = "; ".join(k.rules_by_id[r].title for r in rules[:3])
+        out.append({
+            "finding": code,
+            "display": f.display,
+            "question": f.question,
+            "type": f.type,
+            **({"unit": f.unit} if f.unit else {}),
+            **({"choices": list(f.choices)} if f.choices else {}),
+            "impact": round(credit[code], 2),
+            "why": f"Could change the answer through: {titles}",
+            "rules": rules,
+        })
+    return out
+
+
+def _impact(k: Knowledge, rule: Rule, tier: str) -> float:
+    then = rule.then
+    current = TIER_RANK[tier]
+    raised = [TIER_RANK[then.tier]] if then.tier else []
+    if then.red_flag:
+        raised.append(TIER_RANK[k.red_flags[then.red_flag].tier])
+    impact = 10.0 * max([r - current for r in raised if r > current], default=0)
+    impact += 5.0 if then.red_flag else 0.0
+    for w in then.support:
+        impact += w.weight * (2.0 if k.conditions[w.condition].must_not_miss else 1.0)
+    impact += 0.5 * len(then.tests) + 0.5 * len(then.derive)
+    return impact
+
+
+def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
+    """frozenset() = true; frozenset({code}) = unknown, needs that finding; None = false."""
+    known, patient, derived, scores = ctx
+    if leaf.kind == "finding":
+        fact = known.get(leaf.key)
+        if fact is None:
+            return frozenset({leaf.key})
+        return _TRUE if leaf_matches(leaf, fact) else None
+    if leaf.kind == "patient":
+        return _TRUE if leaf_matches(leaf, patient) else None
+    if leaf.kind == "fact":
+        return _TRUE if leaf.key in derived else None
+    value = scores.get(leaf.key)
+    if value is None:
+        return None
+    return _TRUE if compare(value, leaf.op, leaf.value) else None
+
+
+def _group(mode: str, items: tuple[Leaf | Group, ...], ctx: Any) -> frozenset[str] | None:
+    results = [_group(i.mode, i.items, ctx) if isinstance(i, Group) else _leaf(i, ctx) for i in items]
+    if mode == "all":
+        if any(r is None for r in results):
+            return None
+        return frozenset().union(*results) if results else _TRUE
+    options = [r for r in results if r is not None]
+    if not options:
+        return None
+    return min(options, key=lambda r: (len(r), sorted(r)))
+
+
+def _when(rule: Rule, ctx: Any) -> frozenset[str] | None:
+    parts = []
+    if rule.when.all:
+        parts.append(_group("all", rule.when.all, ctx))
+    if rule.when.any:
+        parts.append(_group("any", rule.when.any, ctx))
+    if any(p is None for p in parts):
+        return None
+    return frozenset().union(*parts)

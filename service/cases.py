@@ -1,0 +1,87 @@
+"""Clinical cases: vignettes beside the rules, each with the answer a clinician expects.
+
+`check_case` returns the ways an answer misses its expectation (empty when it passes);
+`run_cases` runs them all for `python -m service cases`, the test suite and readiness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.evaluation import Evaluator
+from service.intake import parse_encounter
+from service.knowledge import Case
+
+
+def check_case(evaluator: Evaluator, case: Case) -> list[str]:
+    answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, case.request))
+    return compare(case.expect, answer)
+
+
+def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
+    failures: list[str] = []
+    tier = answer["urgency"]["tier"]
+    if tier != expect["tier"]:
+        failures.append(f"tier {tier}, expected {expect['tier']}")
+    ranked = [d["condition"] for d in answer["differential"]]
+    for cond in expect.get("top3", []):
+        if cond not in ranked[:3]:
+            failures.append(f"{cond} not in top 3 {ranked[:3]}")
+    for cond in expect.get("absent", []):
+        if cond in ranked:
+            failures.append(f"{cond} listed but expected absent")
+    tests = {t["test"] for t in answer["recommended_tests"]}
+    for t in expect.get("tests_include", []):
+        if t not in tests:
+            failures.append(f"test {t} not recommended")
+    for t in expect.get("tests_exclude", []):
+        if t in tests:
+            failures.append(f"test {t} recommended but must not be")
+    flags = {f["code"] for f in answer["red_flags"]}
+    for f in expect.get("red_flags_include", []):
+        if f not in flags:
+            failures.append(f"red flag {f} not raised")
+    advice = {a["code"] for a in answer["advice"]}
+    for a in expect.get("advice_include", []):
+        if a not in advice:
+            failures.append(f"advice {a} not given")
+    return failures
+
+
+@dataclass
+class CaseReport:
+    total: int = 0
+    passed: int = 0
+    tiers_exact: int = 0
+    top3_hits: int = 0
+    top3_expected: int = 0
+    failures: dict[str, list[str]] = field(default_factory=dict)
+    rules_fired: set[str] = field(default_factory=set)
+
+    def summary(self, rule_count: int) -> str:
+        covered = len(self.rules_fired)
+        return (
+            f"cases: {self.passed}/{self.total} passed; tiers exact {self.tiers_exact}/{self.total}; "
+            f"top-3 hits {self.top3_hits}/{self.top3_expected}; "
+            f"rules covered {covered}/{rule_count}"
+        )
+
+
+def run_cases(evaluator: Evaluator) -> CaseReport:
+    report = CaseReport()
+    for case in evaluator.knowledge.cases:
+        report.total += 1
+        answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, case.request))
+        report.rules_fired.update(p["rule"] for p in answer["provenance"])
+        failures = compare(case.expect, answer)
+        if answer["urgency"]["tier"] == case.expect["tier"]:
+            report.tiers_exact += 1
+        ranked = [d["condition"] for d in answer["differential"]][:3]
+        report.top3_expected += len(case.expect.get("top3", []))
+        report.top3_hits += sum(1 for c in case.expect.get("top3", []) if c in ranked)
+        if failures:
+            report.failures[case.id] = failures
+        else:
+            report.passed += 1
+    return report

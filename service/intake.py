@@ -1,0 +1,138 @@
+"""Turn a request body into an `Encounter`, or a 422 that says what is wrong and where.
+
+Two layers: the marshmallow schema checks shape and types; then every finding is checked
+against the vocabulary (known code, the value its type needs, the declared unit, the valid
+range). All problems are reported together, each with a JSON pointer into the request.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from marshmallow import ValidationError
+
+from service.errors import FieldError, ValidationFailed
+from service.evaluation import Encounter
+from service.knowledge import Knowledge
+from service.schemas import MAX_FINDINGS, EvaluationRequestSchema
+
+_SCHEMA = EvaluationRequestSchema()
+
+
+def parse_encounter(k: Knowledge, body: Any) -> Encounter:
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "The request body must be a JSON object.",
+            [FieldError("", "type", "Expected an object with 'findings'.").as_dict()],
+        )
+    findings_raw = body.get("findings")
+    if isinstance(findings_raw, list) and len(findings_raw) > MAX_FINDINGS:
+        # Checked before the schema walks every item: a huge list must cost nothing.
+        raise ValidationFailed(
+            f"Too many findings: {len(findings_raw)}; at most {MAX_FINDINGS}.",
+            [FieldError("/findings", "too-many", f"At most {MAX_FINDINGS} findings per evaluation.").as_dict()],
+        )
+    try:
+        data = _SCHEMA.load(body)
+    except ValidationError as exc:
+        errors = [FieldError(ptr, "schema", msg).as_dict() for ptr, msg in _flatten(exc.normalized_messages())]
+        raise ValidationFailed("The request does not match the schema.", errors) from None
+
+    errors: list[FieldError] = []
+    findings: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(data["findings"]):
+        ptr = f"/findings/{i}"
+        checked = _check_finding(k, f, ptr, errors)
+        if checked is not None:
+            findings[f["code"]] = checked
+    if errors:
+        unknown = sum(1 for e in errors if e.reason == "unknown-code")
+        detail = f"{len(errors)} finding(s) are not valid"
+        if unknown:
+            detail += f", {unknown} with an unknown code (see GET /v1/findings)"
+        raise ValidationFailed(detail + ".", [e.as_dict() for e in errors])
+    patient = data.get("patient") or {}
+    return Encounter(
+        age=patient.get("age"),
+        sex=patient.get("sex"),
+        findings=findings,
+        encounter_id=data.get("encounter_id"),
+    )
+
+
+def _check_finding(k: Knowledge, f: dict[str, Any], ptr: str, errors: list[FieldError]) -> dict[str, Any] | None:
+    code = f["code"]
+    finding = k.findings.get(code)
+    if finding is None:
+        near = difflib.get_close_matches(code, list(k.findings), n=3, cutoff=0.5)
+        errors.append(FieldError(
+            f"{ptr}/code", "unknown-code",
+            f"Unknown finding code {code!r}." + (f" Did you mean {', '.join(near)}?" if near else ""),
+            {"suggestions": near},
+        ))
+        return None
+    out: dict[str, Any] = {"present": f["present"]}
+    if "laterality" in f:
+        out["laterality"] = f["laterality"]
+    value = f.get("value")
+    if finding.type == "boolean":
+        if value is not None:
+            errors.append(FieldError(f"{ptr}/value", "unexpected-value",
+                                     f"{code} is a yes/no finding; use 'present' instead of 'value'."))
+            return None
+    elif finding.type == "number":
+        if value is None:
+            if f["present"]:
+                errors.append(FieldError(f"{ptr}/value", "missing-value",
+                                         f"{code} is a measurement in {finding.unit}; give its value."))
+                return None
+        elif isinstance(value, str):
+            errors.append(FieldError(f"{ptr}/value", "type", f"{code} takes a number in {finding.unit}."))
+            return None
+        else:
+            unit = f.get("unit")
+            if unit is not None and unit != finding.unit:
+                errors.append(FieldError(f"{ptr}/unit", "unit",
+                                         f"{code} is measured in {finding.unit!r}, not {unit!r}."))
+                return None
+            lo, hi = finding.range  # type: ignore[misc]
+            if not lo <= value <= hi:
+                errors.append(FieldError(f"{ptr}/value", "out-of-range",
+                                         f"{code} must be between {lo:g} and {hi:g} {finding.unit}; got {value:g}.",
+                                         {"range": [lo, hi]}))
+                return None
+            out["value"] = value
+    else:
+        if value is None:
+            if f["present"]:
+                errors.append(FieldError(f"{ptr}/value", "missing-value",
+                                         f"{code} needs one of: {', '.join(finding.choices)}."))
+                return None
+        elif value not in finding.choices:
+            errors.append(FieldError(f"{ptr}/value", "invalid-choice",
+                                     f"{code} must be one of: {', '.join(finding.choices)}; got {value!r}.",
+                                     {"choices": list(finding.choices)}))
+            return None
+        else:
+            out["choice"] = value
+    return out
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """marshmallow's nested error dict -> (JSON pointer, message) pairs."""
+    out: list[tuple[str, str]] = []
+    if isinstance(messages, dict):
+        for key, sub in messages.items():
+            key = str(key)
+            if key == "_schema":
+                out.extend(_flatten(sub, prefix))
+            else:
+                # field_name "findings.3.code" from schema-level validators
+                out.extend(_flatten(sub, prefix + "/" + key.replace(".", "/")))
+    elif isinstance(messages, list):
+        for m in messages:
+            out.extend(_flatten(m, prefix))
+    else:
+        out.append((prefix, str(messages)))
+    return out

@@ -1,0 +1,126 @@
+"""The OpenAPI 3 document, generated from the marshmallow schemas (apispec).
+
+openapi/openapi.yaml is this document committed; a test fails when they differ
+(`python -m service openapi --write` regenerates it). The example response is a real
+evaluation of openapi/example-request.json by the default rule set, so it changes with the
+rules, as it should.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from service import schemas
+
+OPENAPI_DIR = Path(__file__).resolve().parent.parent / "openapi"
+EXAMPLE_REQUEST = OPENAPI_DIR / "example-request.json"
+EXAMPLE_EVALUATION_ID = "00000000-0000-4000-8000-000000000000"
+VERSION = "0.1.0"
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": "Problem"}}}
+
+
+def _items(description: str) -> dict[str, Any]:
+    return {"200": {"description": description, "content": {"application/json": {"schema": "Items"}}}}
+
+
+def example_response() -> tuple[dict[str, Any], dict[str, Any]]:
+    from service.config import DEFAULT_RULES_DIR
+    from service.evaluation import Evaluator
+    from service.intake import parse_encounter
+    from service.loader import load_knowledge
+
+    request = json.loads(EXAMPLE_REQUEST.read_text())
+    evaluator = Evaluator(load_knowledge(DEFAULT_RULES_DIR))
+    answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, request))
+    answer["evaluation_id"] = EXAMPLE_EVALUATION_ID
+    return request, answer
+
+
+def build_spec() -> dict[str, Any]:
+    spec = APISpec(
+        title="Leg pain when lying down: clinical decision support",
+        version=VERSION,
+        openapi_version="3.0.3",
+        plugins=[MarshmallowPlugin()],
+        info={
+            "description": (
+                "Evaluates a patient's findings for back-of-thigh / leg pain that comes on when "
+                "lying down against a versioned rule set and answers a ranked differential, an "
+                "urgency tier, recommended tests and the provenance of every conclusion. "
+                "Decision support, not a diagnosis."
+            ),
+        },
+    )
+    for name, schema in [
+        ("EvaluationRequest", schemas.EvaluationRequestSchema),
+        ("EvaluationResponse", schemas.EvaluationResponseSchema),
+        ("Problem", schemas.ProblemSchema),
+        ("Items", schemas.ItemsSchema),
+        ("Health", schemas.HealthSchema),
+    ]:
+        spec.components.schema(name, schema=schema)
+
+    request_example, response_example = example_response()
+    spec.path(path="/v1/evaluations", operations={"post": {
+        "operationId": "createEvaluation",
+        "summary": "Evaluate one patient's findings",
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": "EvaluationRequest", "example": request_example}}},
+        "responses": {
+            "200": {"description": "The evaluation", "content": {"application/json": {
+                "schema": "EvaluationResponse", "example": response_example}}},
+            "400": _problem("The body is not valid JSON"),
+            "413": _problem("The body is larger than the configured limit"),
+            "415": _problem("The body is not application/json"),
+            "422": _problem("Schema violation, unknown finding code, or value out of range"),
+        },
+    }})
+    for name, what in [
+        ("findings", "The vocabulary of findings: question, type, unit, range, codes"),
+        ("conditions", "Conditions the differential can name, with ICD-10-CM / SNOMED CT codes"),
+        ("tests", "Tests that can be recommended, with their codes"),
+        ("rules", "Every rule with its when / then, version and sources"),
+        ("sources", "The source documents and guidelines the rules cite"),
+        ("red_flags", "Red flags and the tier each forces"),
+        ("advice", "Self-care advice and the highest tier it may be given at"),
+    ]:
+        spec.path(path=f"/v1/{name}", operations={"get": {
+            "operationId": f"list_{name}", "summary": what, "responses": _items(what)}})
+    spec.path(path="/v1/rules/{rule_id}", operations={"get": {
+        "operationId": "getRule",
+        "summary": "One rule",
+        "parameters": [{"name": "rule_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {
+            "200": {"description": "The rule", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "404": _problem("No such rule"),
+        },
+    }})
+    spec.path(path="/healthz/live", operations={"get": {
+        "operationId": "live", "summary": "Liveness",
+        "responses": {"200": {"description": "The process answers",
+                              "content": {"application/json": {"schema": "Health"}}}}}})
+    spec.path(path="/healthz/ready", operations={"get": {
+        "operationId": "ready", "summary": "Readiness: rules loaded and a built-in case evaluates correctly",
+        "responses": {
+            "200": {"description": "Ready", "content": {"application/json": {"schema": "Health"}}},
+            "503": {"description": "Not ready", "content": {"application/json": {"schema": "Health"}}},
+        }}})
+    spec.path(path="/openapi.json", operations={"get": {
+        "operationId": "openapi", "summary": "This document",
+        "responses": {"200": {"description": "OpenAPI 3 document",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}}}})
+    return spec.to_dict()
+
+
+def to_yaml(spec: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,257 @@
+"""Marshmallow schemas: the request is loaded through them, the response and catalogues are
+documented by them (openapi/openapi.yaml is generated from these classes) and checked
+against them in the tests. Responses are serialised directly (orjson) on the request path."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from service.knowledge import EVIDENCE_LEVELS, PRIORITIES, SEXES, TIERS
+
+MAX_FINDINGS = 200
+LATERALITIES = ("left", "right", "bilateral")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+
+class StrictBoolean(fields.Boolean):
+    """Only JSON true/false: "yes", 1 or "true" are errors, not guesses."""
+
+    truthy: ClassVar[set[bool]] = {True}
+    falsy: ClassVar[set[bool]] = {False}
+
+
+class NumberOrChoice(fields.Field):
+    """A finding's value: a number (number findings) or a choice code (choice findings)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValidationError("Must be a number, or a choice code for choice findings.")
+        if isinstance(value, str) and not 0 < len(value) <= 64:
+            raise ValidationError("A choice code is 1 to 64 characters.")
+        if isinstance(value, float) and value != value:  # NaN cannot come from JSON, but be sure
+            raise ValidationError("Must be a finite number.")
+        return value
+
+
+class PatientSchema(StrictSchema):
+    age = fields.Float(
+        allow_none=True, validate=validate.Range(0, 120),
+        metadata={"description": "Age in years", "example": 58},
+    )
+    sex = fields.String(allow_none=True, validate=validate.OneOf(SEXES), metadata={"example": "female"})
+
+
+class CodingSchema(StrictSchema):
+    system = fields.String(required=True)
+    code = fields.String(required=True)
+    display = fields.String()
+
+
+class FindingInputSchema(StrictSchema):
+    code = fields.String(
+        required=True, validate=validate.Length(1, 64),
+        metadata={"description": "A finding code from GET /v1/findings", "example": "calf_tenderness"},
+    )
+    present = StrictBoolean(
+        load_default=True,
+        metadata={"description": "true: present (default); false: explicitly denied. "
+                                 "A finding left out is unknown."},
+    )
+    value = NumberOrChoice(metadata={
+        "description": "Number findings: the measured value, in the finding's unit. "
+                       "Choice findings: one of its choices.",
+        "oneOf": [{"type": "number"}, {"type": "string"}],
+    })
+    unit = fields.String(
+        validate=validate.Length(1, 32),
+        metadata={"description": "UCUM unit; when given it must be the finding's unit"},
+    )
+    laterality = fields.String(validate=validate.OneOf(LATERALITIES))
+
+
+class EvaluationRequestSchema(StrictSchema):
+    patient = fields.Nested(PatientSchema, load_default=dict)
+    findings = fields.List(
+        fields.Nested(FindingInputSchema), required=True,
+        validate=validate.Length(0, MAX_FINDINGS),
+    )
+    encounter_id = fields.String(
+        validate=validate.Length(1, 128),
+        metadata={"description": "The caller's identifier, echoed back unchanged"},
+    )
+
+    @validates_schema
+    def _no_duplicates(self, data, **kwargs):  # type: ignore[no-untyped-def]
+        seen: dict[str, int] = {}
+        for i, f in enumerate(data.get("findings", [])):
+            if f["code"] in seen:
+                raise ValidationError(
+                    f"Finding {f['code']!r} is given twice (also at index {seen[f['code']]}).",
+                    field_name=f"findings.{i}.code",
+                )
+            seen[f["code"]] = i
+
+
+# --- response (documentation and test-time conformance) -------------------------------------
+
+
+class SourceRefSchema(Schema):
+    id = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["document", "guideline"]))
+    title = fields.String(required=True)
+    file = fields.String()
+    url = fields.String()
+
+
+class RulesetInfoSchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    sha256 = fields.String(required=True, metadata={"description": "SHA-256 of the loaded rule files"})
+
+
+class ReasonSchema(Schema):
+    tier = fields.String(required=True, validate=validate.OneOf(TIERS))
+    rule = fields.String(required=True)
+    text = fields.String(required=True)
+    red_flag = fields.String()
+
+
+class UrgencySchema(Schema):
+    tier = fields.String(required=True, validate=validate.OneOf(TIERS))
+    reasons = fields.List(fields.Nested(ReasonSchema), required=True)
+
+
+class RedFlagOutSchema(Schema):
+    code = fields.String(required=True)
+    display = fields.String(required=True)
+    tier = fields.String(required=True, validate=validate.OneOf(TIERS))
+    rules = fields.List(fields.String(), required=True)
+    findings = fields.List(fields.String(), required=True)
+    sources = fields.List(fields.String(), required=True)
+
+
+class DifferentialSchema(Schema):
+    rank = fields.Integer(required=True)
+    condition = fields.String(required=True)
+    display = fields.String(required=True)
+    codes = fields.List(fields.Nested(CodingSchema), required=True)
+    score = fields.Integer(required=True)
+    likelihood = fields.String(required=True, validate=validate.OneOf(["high", "moderate", "low", "unlikely"]))
+    must_not_miss = fields.Boolean(required=True)
+    supporting_findings = fields.List(fields.String(), required=True)
+    against_findings = fields.List(fields.String(), required=True)
+    rules = fields.List(fields.String(), required=True)
+
+
+class RecommendedTestSchema(Schema):
+    test = fields.String(required=True)
+    display = fields.String(required=True)
+    codes = fields.List(fields.Nested(CodingSchema), required=True)
+    priority = fields.String(required=True, validate=validate.OneOf(PRIORITIES))
+    for_conditions = fields.List(fields.String(), required=True)
+    rules = fields.List(fields.String(), required=True)
+    rationale = fields.String(required=True)
+
+
+class AskNextSchema(Schema):
+    finding = fields.String(required=True)
+    display = fields.String(required=True)
+    question = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(["boolean", "number", "choice"]))
+    unit = fields.String()
+    choices = fields.List(fields.String())
+    impact = fields.Float(required=True)
+    why = fields.String(required=True)
+    rules = fields.List(fields.String(), required=True)
+
+
+class AdviceOutSchema(Schema):
+    code = fields.String(required=True)
+    text = fields.String(required=True)
+    sources = fields.List(fields.String(), required=True)
+    rules = fields.List(fields.String(), required=True)
+
+
+class ScoreItemSchema(Schema):
+    rule = fields.String(required=True)
+    title = fields.String(required=True)
+    points = fields.Float(required=True)
+
+
+class ScoreOutSchema(Schema):
+    score = fields.String(required=True)
+    display = fields.String(required=True)
+    value = fields.Float(required=True)
+    items = fields.List(fields.Nested(ScoreItemSchema), required=True)
+
+
+class ProvenanceSchema(Schema):
+    rule = fields.String(required=True)
+    version = fields.Integer(required=True)
+    title = fields.String(required=True)
+    evidence = fields.String(required=True, validate=validate.OneOf(EVIDENCE_LEVELS))
+    sources = fields.List(fields.Nested(SourceRefSchema), required=True)
+
+
+class MatchedFactSchema(Schema):
+    kind = fields.String(required=True, validate=validate.OneOf(["finding", "patient", "fact", "score"]))
+    code = fields.String(required=True)
+    present = fields.Boolean()
+    value = fields.Float()
+    choice = fields.String()
+
+
+class TraceSchema(Schema):
+    seq = fields.Integer(required=True)
+    rule = fields.String(required=True)
+    round = fields.Integer(required=True, metadata={"description": "Chaining round (0: input facts)"})
+    matched = fields.List(fields.Nested(MatchedFactSchema), required=True)
+    derived = fields.List(fields.String(), required=True)
+
+
+class EvaluationResponseSchema(Schema):
+    evaluation_id = fields.UUID(required=True)
+    encounter_id = fields.String()
+    ruleset = fields.Nested(RulesetInfoSchema, required=True)
+    urgency = fields.Nested(UrgencySchema, required=True)
+    red_flags = fields.List(fields.Nested(RedFlagOutSchema), required=True)
+    differential = fields.List(fields.Nested(DifferentialSchema), required=True)
+    recommended_tests = fields.List(fields.Nested(RecommendedTestSchema), required=True)
+    ask_next = fields.List(fields.Nested(AskNextSchema), required=True)
+    advice = fields.List(fields.Nested(AdviceOutSchema), required=True)
+    scores = fields.List(fields.Nested(ScoreOutSchema), required=True)
+    provenance = fields.List(fields.Nested(ProvenanceSchema), required=True)
+    trace = fields.List(fields.Nested(TraceSchema), required=True)
+    disclaimer = fields.String(required=True)
+
+
+class FieldErrorSchema(Schema):
+    pointer = fields.String(required=True, metadata={"description": "JSON pointer into the request"})
+    reason = fields.String(required=True)
+    detail = fields.String(required=True)
+    suggestions = fields.List(fields.String())
+
+
+class ProblemSchema(Schema):
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    errors = fields.List(fields.Nested(FieldErrorSchema))
+
+
+class ItemsSchema(Schema):
+    items = fields.List(fields.Dict(), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+    ruleset = fields.Nested(RulesetInfoSchema)
+    detail = fields.String()
