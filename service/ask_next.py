@@ -67,7 +67,9 @@ def rank_questions(k: Knowledge, enc: Encounter, result: EngineResult, tier: str
     return out
 
 
-def _impact(k: Knowledge, rule: Rule, tier: str) -> float:
+def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> float:
+    """What firing `rule` would change; a derived fact counts what the rules matching it
+    would change in turn (chains are followed, cycles cut)."""
     then = rule.then
     current = TIER_RANK[tier]
     raised = [TIER_RANK[then.tier]] if then.tier else []
@@ -77,7 +79,13 @@ def _impact(k: Knowledge, rule: Rule, tier: str) -> float:
     impact += 5.0 if then.red_flag else 0.0
     for w in then.support:
         impact += w.weight * (2.0 if k.conditions[w.condition].must_not_miss else 1.0)
-    impact += 0.5 * len(then.tests) + 0.5 * len(then.derive)
+    impact += 0.5 * len(then.tests)
+    for name in then.derive:
+        consumers = [
+            r for r in k.rules
+            if r.id not in seen and any(leaf.kind == "fact" and leaf.key == name for leaf in r.when.positive_leaves())
+        ]
+        impact += max((_impact(k, r, tier, seen | {rule.id}) for r in consumers), default=0.0)
     return impact
 
 

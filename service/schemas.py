@@ -236,7 +236,9 @@ class FieldErrorSchema(Schema):
     pointer = fields.String(required=True, metadata={"description": "JSON pointer into the request"})
     reason = fields.String(required=True)
     detail = fields.String(required=True)
-    suggestions = fields.List(fields.String())
+    suggestions = fields.List(fields.String(), metadata={"description": "Nearest known codes (unknown-code)"})
+    range = fields.List(fields.Float(), metadata={"description": "Valid [min, max] (out-of-range)"})
+    choices = fields.List(fields.String(), metadata={"description": "Valid choices (invalid-choice)"})
 
 
 class ProblemSchema(Schema):

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, then run the service under gunicorn on 127.0.0.1:8000 with the embedded rule set.
+# Extra arguments go to `python -m service serve` (e.g. --bind 127.0.0.1:9000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m service serve "$@"

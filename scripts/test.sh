@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up, then run the whole test suite: lint of code and rules, clinical cases, pytest
+# (unit, API, engine hazards, OpenAPI, real gunicorn integration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check service tests bench deploy
+.venv/bin/python -m service lint
+.venv/bin/python -m service cases
+exec .venv/bin/python -m pytest "$@"

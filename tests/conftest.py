@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import create_app
+from service.config import DEFAULT_RULES_DIR
+from service.evaluation import Evaluator
+from service.loader import load_knowledge
+
+ROOT = Path(__file__).resolve().parent.parent
+MINI_RULES = ROOT / "tests" / "fixtures" / "mini_rules"
+
+
+@pytest.fixture(scope="session")
+def knowledge():
+    return load_knowledge(DEFAULT_RULES_DIR)
+
+
+@pytest.fixture(scope="session")
+def evaluator(knowledge):
+    return Evaluator(knowledge)
+
+
+@pytest.fixture(scope="session")
+def mini_knowledge():
+    return load_knowledge(MINI_RULES)
+
+
+@pytest.fixture(scope="session")
+def mini_evaluator(mini_knowledge):
+    return Evaluator(mini_knowledge)
+
+
+@pytest.fixture(scope="session")
+def app():
+    return create_app({"TESTING": True})
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def mini_app():
+    return create_app({"TESTING": True, "RULES_DIR": str(MINI_RULES)})
+
+
+@pytest.fixture()
+def mini_client(mini_app):
+    return mini_app.test_client()

@@ -1,0 +1,179 @@
+"""The native HTTP API: answers, catalogues, health, and one problem+json shape for every
+error. Runs on the mini rule set so that it tests the API, not the clinical content."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from service.schemas import EvaluationResponseSchema, ProblemSchema
+
+CHAIN = {"patient": {"age": 55, "sex": "female"},
+         "findings": [{"code": "a"}, {"code": "b"}, {"code": "c"}, {"code": "angle", "value": 40, "unit": "deg"}],
+         "encounter_id": "enc-42"}
+
+
+def problem(resp, status):
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert ProblemSchema().validate(body) == {}
+    assert body["status"] == status
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return body
+
+
+def test_evaluation_answers_every_contracted_key(mini_client):
+    resp = mini_client.post("/v1/evaluations", json=CHAIN)
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert EvaluationResponseSchema().validate(body) == {}
+    assert body["encounter_id"] == "enc-42"
+    assert body["urgency"]["tier"] == "emergency"
+    assert body["urgency"]["reasons"][0] == {
+        "tier": "emergency", "rule": "mini.abc_flag", "text": "Flag X", "red_flag": "flag_x"}
+    assert [d["condition"] for d in body["differential"]] == ["cond_x", "cond_y"]
+    assert body["recommended_tests"][0]["test"] == "test_x"
+    assert body["recommended_tests"][0]["priority"] == "stat"
+    assert "not a diagnosis" in body["disclaimer"]
+    assert body["ruleset"]["name"] == "mini" and len(body["ruleset"]["sha256"]) == 64
+
+
+def test_every_conclusion_is_traceable_to_fired_rules_and_sources(mini_client):
+    body = mini_client.post("/v1/evaluations", json=CHAIN).get_json()
+    fired = {p["rule"] for p in body["provenance"]}
+    assert fired == {t["rule"] for t in body["trace"]}
+    for p in body["provenance"]:
+        assert p["sources"] and all(s["title"] for s in p["sources"])
+    cited = [r["rule"] for r in body["urgency"]["reasons"]]
+    cited += [r for d in body["differential"] for r in d["rules"]]
+    cited += [r for t in body["recommended_tests"] for r in t["rules"]]
+    cited += [r for f in body["red_flags"] for r in f["rules"]]
+    assert set(cited) <= fired
+
+
+def test_advice_is_withheld_above_its_tier(mini_client):
+    low = mini_client.post("/v1/evaluations", json={"findings": [{"code": "a"}]}).get_json()
+    assert [a["code"] for a in low["advice"]] == ["rest"]
+    high = mini_client.post("/v1/evaluations", json=CHAIN).get_json()
+    assert high["urgency"]["tier"] == "emergency" and high["advice"] == []
+
+
+def test_same_input_same_output_whatever_the_order(mini_client):
+    first = mini_client.post("/v1/evaluations", json=CHAIN).get_json()
+    rng = random.Random(7)
+    for _ in range(5):
+        shuffled = dict(CHAIN, findings=rng.sample(CHAIN["findings"], len(CHAIN["findings"])))
+        again = mini_client.post("/v1/evaluations", json=shuffled).get_json()
+        assert again["evaluation_id"] != first["evaluation_id"]
+        again["evaluation_id"] = first["evaluation_id"]
+        assert again == first
+
+
+def test_ask_next_names_unknown_findings_that_would_change_the_answer(mini_client):
+    body = mini_client.post("/v1/evaluations", json={"findings": [{"code": "a"}, {"code": "b"}]}).get_json()
+    asked = [q["finding"] for q in body["ask_next"]]
+    assert asked[0] == "c"  # c would chain to flag X: an emergency
+    assert body["ask_next"][0]["question"] and "mini.chain_abc" in body["ask_next"][0]["rules"]
+    assert not set(asked) & {"a", "b"}
+
+
+def test_malformed_json_is_400(mini_client):
+    problem(mini_client.post("/v1/evaluations", data=b'{"findings": [', content_type="application/json"), 400)
+
+
+def test_wrong_content_type_is_415(mini_client):
+    problem(mini_client.post("/v1/evaluations", data=json.dumps(CHAIN), content_type="text/plain"), 415)
+
+
+def test_body_over_the_limit_is_413(mini_app):
+    client = mini_app.test_client()
+    big = json.dumps({"findings": [{"code": "a"}], "encounter_id": "x" * (mini_app.config["MAX_CONTENT_LENGTH"] + 10)})
+    problem(client.post("/v1/evaluations", data=big, content_type="application/json"), 413)
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer", "reason"),
+    [
+        ({"findings": [{"code": "aa"}]}, "/findings/0/code", "unknown-code"),
+        ({"findings": [{"code": "angle", "value": 400}]}, "/findings/0/value", "out-of-range"),
+        ({"findings": [{"code": "angle", "value": 40, "unit": "rad"}]}, "/findings/0/unit", "unit"),
+        ({"findings": [{"code": "angle"}]}, "/findings/0/value", "missing-value"),
+        ({"findings": [{"code": "onset", "value": "slow"}]}, "/findings/0/value", "invalid-choice"),
+        ({"findings": [{"code": "a", "value": 3}]}, "/findings/0/value", "unexpected-value"),
+        ({"findings": [{"code": "a", "present": "yes"}]}, "/findings/0/present", "schema"),
+        ({"findings": [{"code": "a"}, {"code": "a"}]}, "/findings/1/code", "schema"),
+        ({"findings": [{"code": "a", "colour": "red"}]}, "/findings/0/colour", "schema"),
+        ({"patient": {"age": 300}, "findings": []}, "/patient/age", "schema"),
+        ({"patient": {"sex": "f"}, "findings": []}, "/patient/sex", "schema"),
+        ({}, "/findings", "schema"),
+        ({"findings": [{"code": "a"}] * 201}, "/findings", "too-many"),
+        ([], "", "type"),
+    ],
+)
+def test_invalid_requests_are_422_pointing_at_the_field(mini_client, body, pointer, reason):
+    resp = mini_client.post("/v1/evaluations", data=json.dumps(body), content_type="application/json")
+    errors = problem(resp, 422)["errors"]
+    assert any(e["pointer"] == pointer and e["reason"] == reason for e in errors), errors
+
+
+def test_unknown_codes_are_all_listed_with_suggestions(mini_client):
+    body = {"findings": [{"code": "blockr"}, {"code": "a"}, {"code": "angel", "value": 3}]}
+    errors = problem(mini_client.post("/v1/evaluations", json=body), 422)["errors"]
+    by_pointer = {e["pointer"]: e for e in errors}
+    assert by_pointer["/findings/0/code"]["suggestions"][0] == "blocker"
+    assert by_pointer["/findings/2/code"]["suggestions"][0] == "angle"
+
+
+def test_unknown_route_and_method_are_problems(mini_client):
+    problem(mini_client.get("/v2/nothing"), 404)
+    problem(mini_client.get("/v1/evaluations"), 405)
+    problem(mini_client.get("/v1/rules/no.such.rule"), 404)
+
+
+def test_an_unexpected_failure_is_a_bare_500(mini_app, monkeypatch):
+    evaluator = mini_app.extensions["evaluator"]
+
+    def broken(encounter):
+        raise RuntimeError("SECRET internals")
+
+    monkeypatch.setattr(evaluator, "evaluate", broken)
+    body = problem(mini_app.test_client().post("/v1/evaluations", json=CHAIN), 500)
+    assert "SECRET" not in json.dumps(body)
+
+
+@pytest.mark.parametrize("name", ["findings", "conditions", "tests", "rules", "sources", "red_flags", "advice"])
+def test_catalogues(mini_client, mini_knowledge, name):
+    resp = mini_client.get(f"/v1/{name}")
+    assert resp.status_code == 200
+    items = resp.get_json()["items"]
+    assert len(items) == len(getattr(mini_knowledge, name if name != "red_flags" else "red_flags"))
+
+
+def test_one_rule_reads_like_its_yaml(mini_client):
+    rule = mini_client.get("/v1/rules/mini.a_not_blocker").get_json()
+    assert rule["when"] == {"all": [{"finding": "a"}], "none": [{"finding": "blocker"}]}
+    assert rule["then"] == {"support": [{"condition": "cond_y", "weight": 2}], "advice": ["rest"]}
+    assert rule["sources"] == ["src-000"] and rule["file"] == "domains/mini.yaml"
+
+
+def test_health(mini_client):
+    assert mini_client.get("/healthz/live").get_json() == {"status": "ok"}
+    ready = mini_client.get("/healthz/ready")
+    assert ready.status_code == 200 and ready.get_json()["status"] == "ready"
+
+
+def test_not_ready_when_the_builtin_case_stops_evaluating_correctly(mini_app, monkeypatch):
+    evaluator = mini_app.extensions["evaluator"]
+    real = evaluator.evaluate
+
+    def wrong(encounter):
+        answer = real(encounter)
+        answer["urgency"]["tier"] = "routine"
+        return answer
+
+    monkeypatch.setattr(evaluator, "evaluate", wrong)
+    resp = mini_app.test_client().get("/healthz/ready")
+    assert resp.status_code == 503 and resp.get_json()["status"] == "not-ready"

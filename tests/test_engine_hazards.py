@@ -1,0 +1,266 @@
+"""Regression tests for the durable-rules hazards (shared/notes/durable-rules.md, H1..H12 in
+service/engine.py). Each test fails or crashes without the guard it names. Hazards that kill
+the process are run in a subprocess so that a crash fails one test rather than the suite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import tomllib
+
+import pytest
+
+from service import engine as engine_mod
+from service.engine import Engine, Fact, fact_payload, normalise_number
+from service.errors import EngineError
+from tests.conftest import MINI_RULES, ROOT
+
+
+def run_py(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def eng(mini_knowledge) -> Engine:
+    return Engine(mini_knowledge)
+
+
+def fired(result) -> list[str]:
+    return [f.rule_id for f in result.firings]
+
+
+# H1 ------------------------------------------------------------------------------------------
+
+def test_h1_raw_engine_crashes_deleting_a_session_where_no_action_ran():
+    """Shows the hazard is real on this machine: without a sentinel the process dies."""
+    proc = run_py("""
+        from durable import engine
+        class H(engine.Host):
+            def _run(self): pass
+        h = H()
+        h.register_rulesets({'rs': {'r': {'all': [{'m': {'t': 'x'}}], 'run': lambda c: None}}})
+        try:
+            h.assert_facts('rs', [{'id': '1', 'sid': 's1', 't': 'y'}])
+        except Exception:
+            pass
+        h.delete_state('rs', 's1')
+        print('survived')
+    """)
+    assert proc.returncode != 0 and "survived" not in proc.stdout
+
+
+def test_h1_adapter_survives_evaluations_where_no_rule_fires():
+    proc = run_py(f"""
+        from service.loader import load_knowledge
+        from service.engine import Engine, Fact
+        e = Engine(load_knowledge({str(MINI_RULES)!r}))
+        for _ in range(200):
+            assert e.evaluate([Fact('finding', 'unused')]).firings == ()
+            assert e.evaluate([]).firings == ()
+            assert e.evaluate([Fact('finding', 'angle', value=80)]).firings == ()
+        print('survived')
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "survived" in proc.stdout
+
+
+# H2 ------------------------------------------------------------------------------------------
+
+def test_h2_no_engine_threads_run_outside_requests(mini_knowledge):
+    before = {t.ident for t in threading.enumerate()}
+    eng = Engine(mini_knowledge)
+    eng.evaluate([Fact("finding", "a"), Fact("finding", "b")])
+    new = [t for t in threading.enumerate() if t.ident not in before]
+    assert new == []
+    assert not hasattr(eng._host, "_d_timer") and not hasattr(eng._host, "_t_timer")
+
+
+# H3 ------------------------------------------------------------------------------------------
+
+def test_h3_a_repeated_fact_is_asserted_once(eng):
+    result = eng.evaluate([Fact("finding", "a"), Fact("finding", "a"), Fact("finding", "b")])
+    assert "mini.join_ab" in fired(result)
+
+
+def test_h3_a_fact_that_fails_every_test_does_not_sink_the_batch(eng):
+    # angle 80 fails the only rule on angle ("< 60"); without the sink rule the engine raises
+    # MessageNotHandledException for the whole batch and A+B never join.
+    result = eng.evaluate([Fact("finding", "angle", value=80), Fact("finding", "a"), Fact("finding", "b")])
+    assert "mini.join_ab" in fired(result)
+    assert "mini.angle_low" not in fired(result)
+
+
+def test_h3_unknown_code_and_empty_input(eng):
+    assert eng.evaluate([Fact("finding", "unused")]).firings == ()
+    assert eng.evaluate([]).firings == ()
+
+
+# H4 ------------------------------------------------------------------------------------------
+
+def test_h4_fact_ids_come_from_the_full_content():
+    ids = {fact_payload(Fact("finding", "angle", value=v))["id"] for v in range(0, 91)}
+    assert len(ids) == 91
+    a = fact_payload(Fact("finding", "onset", choice="sudden"))
+    assert a["id"] == fact_payload(Fact("finding", "onset", choice="sudden"))["id"]
+    assert len(a["id"]) == 32
+
+
+def test_h4_many_distinct_facts_all_reach_the_rules(eng):
+    for v in range(0, 60):
+        result = eng.evaluate([Fact("finding", "angle", value=v + 0.25)])
+        assert fired(result) == ["mini.angle_low"], v
+
+
+# H5 ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", [("a", "blocker"), ("blocker", "a")])
+def test_h5_an_input_blocker_cancels_the_rule_in_any_order(eng, order):
+    # Reproduced in the raw engine: a $not whose blocker comes later in the batch still fires.
+    result = eng.evaluate([Fact("finding", code) for code in order])
+    assert "mini.a_not_blocker" not in fired(result)
+
+
+def test_h5_without_the_blocker_the_rule_fires(eng):
+    assert "mini.a_not_blocker" in fired(eng.evaluate([Fact("finding", "a")]))
+
+
+def test_h5_denied_blocker_does_not_block(eng):
+    result = eng.evaluate([Fact("finding", "a"), Fact("finding", "blocker", present=False)])
+    assert "mini.a_not_blocker" in fired(result)
+
+
+# H6 ------------------------------------------------------------------------------------------
+
+def test_h6_any_with_both_alternatives_concludes_once(eng, mini_evaluator):
+    result = eng.evaluate([Fact("finding", "b"), Fact("finding", "c")])
+    assert fired(result).count("mini.any_bc") == 1
+    firing = next(f for f in result.firings if f.rule_id == "mini.any_bc")
+    assert {m.key for m in firing.matched} == {"b", "c"}  # both alternatives in provenance
+    assert result.scores == {"points": 1}  # its score item counted once
+
+
+# H7 is a load-time guard: tests/test_loader.py::test_rule_with_only_negative_tests_is_refused
+
+# H8 / H11 ------------------------------------------------------------------------------------
+
+def test_h8_sessions_are_deleted_so_thousands_of_evaluations_run(eng):
+    for i in range(1500):  # more than the engine's 1024 live-session limit
+        eng.evaluate([Fact("finding", "a"), Fact("finding", "b"), Fact("finding", "angle", value=i % 90)])
+    assert eng._sessions == {}
+
+
+def test_h11_concurrent_threads_get_correct_answers(eng):
+    errors: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(150):
+            facts = [Fact("finding", "a"), Fact("finding", "b")] + ([Fact("finding", "c")] if (n + i) % 2 else [])
+            got = fired(eng.evaluate(facts))
+            want_flag = (n + i) % 2 == 1
+            if ("mini.abc_flag" in got) != want_flag:
+                errors.append(f"thread {n} iteration {i}: {got}")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# H9 ------------------------------------------------------------------------------------------
+
+def test_h9_small_floats_reach_the_engine_as_plain_decimals(eng):
+    assert normalise_number(0.00005) in (0, 0.0001)
+    assert normalise_number(1e-9) == 0
+    assert eng.evaluate([Fact("finding", "ratio", value=0.00005)]).firings == ()
+    assert fired(eng.evaluate([Fact("finding", "ratio", value=0.5)])) == ["mini.ratio_tiny"]
+
+
+def test_h9_without_normalising_exponent_numbers_give_wrong_answers(eng, monkeypatch):
+    """Measured here: the engine reads '1e+20' wrongly, so 1e20 > 0.0001 does not fire. With
+    the guard such a value is refused (and intake's ranges stop it long before)."""
+    monkeypatch.setattr(engine_mod, "normalise_number", lambda x: x)
+    assert "mini.ratio_tiny" not in fired(eng.evaluate([Fact("finding", "ratio", value=1e20)]))
+    monkeypatch.undo()
+    with pytest.raises(EngineError):
+        eng.evaluate([Fact("finding", "ratio", value=1e20)])
+
+
+def test_h9_exponent_thresholds_are_refused_at_load(tmp_path):
+    import shutil
+
+    from service.errors import RuleLoadError
+    from service.loader import load_knowledge
+
+    shutil.copytree(MINI_RULES, tmp_path / "r")
+    rules = tmp_path / "r" / "domains" / "mini.yaml"
+    rules.write_text(rules.read_text().replace("value: 0.0001}", "value: 0.00001}"))
+    with pytest.raises(RuleLoadError) as info:
+        load_knowledge(tmp_path / "r")
+    assert "mini.ratio_tiny" in str(info.value)
+
+
+def test_h9_values_never_coerce_between_types():
+    with pytest.raises(EngineError):
+        normalise_number(True)  # type: ignore[arg-type]
+    with pytest.raises(EngineError):
+        normalise_number("0.85")  # type: ignore[arg-type]
+    with pytest.raises(EngineError):
+        normalise_number(float("inf"))
+    # choices and numbers travel in separate fields, so "0.85" can never be compared to 0.9
+    body = fact_payload(Fact("finding", "onset", choice="sudden"))
+    assert "value" not in body and body["choice"] == "sudden"
+
+
+# H10 -----------------------------------------------------------------------------------------
+
+def test_h10_an_exception_inside_an_action_surfaces_without_patient_data(eng, monkeypatch):
+    def boom(rule, session):
+        raise ValueError("SECRET patient value 0.42")
+
+    monkeypatch.setattr(engine_mod, "_none_blocks", boom)
+    with pytest.raises(EngineError) as info:
+        eng.evaluate([Fact("finding", "a"), Fact("finding", "ratio", value=0.42)])
+    assert "SECRET" not in str(info.value) and "0.42" not in str(info.value)
+    assert info.value.__suppress_context__ or info.value.__cause__ is None
+
+
+def test_h10_engine_rejection_messages_are_not_passed_on(eng, monkeypatch):
+    original = engine_mod.fact_payload
+
+    def with_secret(fact):
+        body = original(fact)
+        body["note"] = "SECRET-12345"
+        body["t"] = "unhandled"  # no rule, not even the sink, handles it: the batch is refused
+        return body
+
+    monkeypatch.setattr(engine_mod, "fact_payload", with_secret)
+    with pytest.raises(EngineError) as info:
+        eng.evaluate([Fact("finding", "a")])
+    assert "SECRET" not in str(info.value)
+    assert info.value.__suppress_context__
+
+
+# H12 -----------------------------------------------------------------------------------------
+
+def test_h12_python_versions_the_engine_imports_on():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "<3.13" in meta["project"]["requires-python"]
+
+
+# chaining and scores -------------------------------------------------------------------------
+
+def test_chaining_runs_in_rounds_and_scores_after_settling(eng):
+    result = eng.evaluate([Fact("finding", "a"), Fact("finding", "b"), Fact("finding", "c")])
+    rounds = {f.rule_id: f.round for f in result.firings}
+    assert rounds["mini.join_ab"] == 0
+    assert rounds["mini.chain_abc"] == 1
+    assert rounds["mini.abc_flag"] == 2
+    assert rounds["mini.points_two"] == 3  # the score fact is asserted after the rest settled
+    assert result.scores == {"points": 2}
+    assert [f.seq for f in result.firings] == list(range(1, len(result.firings) + 1))
