@@ -264,3 +264,68 @@ def test_chaining_runs_in_rounds_and_scores_after_settling(eng):
     assert rounds["mini.points_two"] == 3  # the score fact is asserted after the rest settled
     assert result.scores == {"points": 2}
     assert [f.seq for f in result.firings] == list(range(1, len(result.firings) + 1))
+
+
+# nested groups compile to the engine's $all / $any forms ---------------------------------------
+
+NESTED = """
+  - id: mini.nested_any_in_all
+    version: 1
+    title: A with (B, or C and sudden onset)
+    rationale: any nested in all, with an all inside the any's alternatives at the top level.
+    sources: [src-000]
+    evidence: low
+    when:
+      all: [{finding: a}]
+      any: [{finding: b}, {all: [{finding: c}, {finding: onset, is: sudden}]}]
+    then: {support: [{condition: cond_x, weight: 1}]}
+  - id: mini.group_in_all
+    version: 1
+    title: angle under 30, and (ratio over 1 or onset gradual)
+    rationale: a group inside all.
+    sources: [src-000]
+    evidence: low
+    when:
+      all: [{finding: angle, op: "<", value: 30}, {any: [{finding: ratio, op: ">", value: 1}, {finding: onset, is: gradual}]}]
+    then: {support: [{condition: cond_y, weight: 1}]}
+"""
+
+
+@pytest.fixture(scope="module")
+def nested_engine(tmp_path_factory):
+    import shutil
+
+    from service.loader import load_knowledge
+
+    target = tmp_path_factory.mktemp("nested") / "rules"
+    shutil.copytree(MINI_RULES, target)
+    path = target / "domains" / "mini.yaml"
+    path.write_text(path.read_text() + NESTED)
+    return Engine(load_knowledge(target))
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        ([Fact("finding", "a"), Fact("finding", "b")], True),
+        ([Fact("finding", "a"), Fact("finding", "c"), Fact("finding", "onset", choice="sudden")], True),
+        ([Fact("finding", "a"), Fact("finding", "c"), Fact("finding", "onset", choice="gradual")], False),
+        ([Fact("finding", "a"), Fact("finding", "c")], False),
+        ([Fact("finding", "b"), Fact("finding", "c"), Fact("finding", "onset", choice="sudden")], False),
+    ],
+)
+def test_any_nested_in_all(nested_engine, facts, expected):
+    assert ("mini.nested_any_in_all" in fired(nested_engine.evaluate(facts))) is expected
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        ([Fact("finding", "angle", value=20), Fact("finding", "ratio", value=1.5)], True),
+        ([Fact("finding", "angle", value=20), Fact("finding", "onset", choice="gradual")], True),
+        ([Fact("finding", "angle", value=40), Fact("finding", "ratio", value=1.5)], False),
+        ([Fact("finding", "angle", value=20), Fact("finding", "ratio", value=0.5)], False),
+    ],
+)
+def test_group_inside_all(nested_engine, facts, expected):
+    assert ("mini.group_in_all" in fired(nested_engine.evaluate(facts))) is expected
