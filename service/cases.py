@@ -38,6 +38,10 @@ def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     for t in expect.get("tests_exclude", []):
         if t in tests:
             failures.append(f"test {t} recommended but must not be")
+    not_indicated = {t["test"] for t in answer["tests_not_indicated"]}
+    for t in expect.get("not_indicated_include", []):
+        if t not in not_indicated:
+            failures.append(f"test {t} not marked as not indicated")
     flags = {f["code"] for f in answer["red_flags"]}
     for f in expect.get("red_flags_include", []):
         if f not in flags:

@@ -48,6 +48,8 @@ def rule_item(k: Knowledge, rule: Rule) -> dict[str, Any]:
         then["tests"] = [{"test": r.test, "priority": r.priority, "for": list(r.for_conditions)} for r in t.tests]
     if t.advice:
         then["advice"] = list(t.advice)
+    if t.not_indicated:
+        then["not_indicated"] = [{"test": n.test, "reason": n.reason} for n in t.not_indicated]
     return {
         "id": rule.id,
         "version": rule.version,
@@ -83,7 +85,8 @@ def catalogue_items(k: Knowledge) -> dict[str, list[dict[str, Any]]]:
             for c in k.conditions.values()
         ],
         "tests": [
-            {"code": t.code, "display": t.display, "shows": t.shows, "codes": _codes(t.codes)}
+            {"code": t.code, "display": t.display, "shows": t.shows, "codes": _codes(t.codes),
+             **({"not_indicated": t.not_indicated} if t.not_indicated else {})}
             for t in k.tests.values()
         ],
         "rules": [rule_item(k, r) for r in k.rules],

@@ -84,7 +84,7 @@ class _Assembler:
             "urgency": {"tier": tier, "reasons": reasons},
             "red_flags": self._red_flags(),
             "differential": self._differential(),
-            "recommended_tests": self._tests(),
+            **self._tests(),
             "ask_next": rank_questions(self.k, self.enc, self.result, tier),
             "advice": self._advice(tier),
             "scores": self._scores(),
@@ -173,7 +173,10 @@ class _Assembler:
             d["rank"] = rank
         return out
 
-    def _tests(self) -> list[dict[str, Any]]:
+    def _tests(self) -> dict[str, list[dict[str, Any]]]:
+        """Recommended tests, and tests the rules say are not indicated here (the sources warn
+        against imaging too early). Safety: an urgent, asap or stat recommendation always
+        stands over a "not indicated"; a routine one gives way to it."""
         acc: dict[str, dict[str, Any]] = {}
         for rule in self.rules:
             for req in rule.then.tests:
@@ -185,6 +188,25 @@ class _Assembler:
                         e["for"].append(c)
                 e["rules"].append(rule.id)
                 e["why"].append(rule.title)
+        against: dict[str, dict[str, Any]] = {}
+        for rule in self.rules:
+            for n in rule.then.not_indicated:
+                entry = against.setdefault(n.test, {"reasons": [], "rules": []})
+                if n.reason not in entry["reasons"]:
+                    entry["reasons"].append(n.reason)
+                entry["rules"].append(rule.id)
+        not_indicated = []
+        for code, entry in against.items():
+            rec = acc.get(code)
+            if rec is not None and rec["priority"] != "routine":
+                continue  # an urgent indication overrides a general caution
+            acc.pop(code, None)
+            not_indicated.append({
+                "test": code,
+                "display": self.k.tests[code].display,
+                "reason": " ".join(entry["reasons"]),
+                "rules": entry["rules"],
+            })
         out = []
         for code, e in acc.items():
             test = self.k.tests[code]
@@ -198,7 +220,7 @@ class _Assembler:
                 "rationale": f"{test.shows}. Recommended because: " + "; ".join(e["why"]) + ".",
             })
         out.sort(key=lambda t: (-PRIORITY_RANK[t["priority"]], t["test"]))
-        return out
+        return {"recommended_tests": out, "tests_not_indicated": sorted(not_indicated, key=lambda t: t["test"])}
 
     def _advice(self, tier: str) -> list[dict[str, Any]]:
         acc: dict[str, list[str]] = {}

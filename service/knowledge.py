@@ -81,6 +81,7 @@ class Test:
     display: str
     shows: str
     codes: tuple[Coding, ...] = ()
+    not_indicated: str | None = None  # when a clinician would not order it
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -169,6 +170,12 @@ class TestRequest:
 
 
 @dataclass(frozen=True)
+class NotIndicated:
+    test: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Then:
     derive: tuple[str, ...] = ()
     score: tuple[str, float] | None = None
@@ -178,6 +185,7 @@ class Then:
     tier: str | None = None
     tests: tuple[TestRequest, ...] = ()
     advice: tuple[str, ...] = ()
+    not_indicated: tuple[NotIndicated, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from service.knowledge import (
     Group,
     Knowledge,
     Leaf,
+    NotIndicated,
     RedFlag,
     Rule,
     Score,
@@ -393,6 +394,7 @@ def _load_tests(doc: Any, col: _Collector) -> dict[str, Test]:
         out[code] = Test(
             code, _str(item, "display", col, what) or code,
             _str(item, "shows", col, what) or "", _codings(item, col, what),
+            _str(item, "not_indicated", col, what, required=False),
         )
     return out
 
@@ -438,7 +440,7 @@ def _load_advice(doc: Any, sources: dict[str, Source], col: _Collector) -> dict[
 # --- rules -----------------------------------------------------------------------------------
 
 _RULE_KEYS = {"id", "version", "title", "rationale", "sources", "evidence", "when", "then"}
-_THEN_KEYS = {"derive", "score", "support", "against", "red_flag", "tier", "tests", "advice"}
+_THEN_KEYS = {"derive", "score", "support", "against", "red_flag", "tier", "tests", "advice", "not_indicated"}
 
 
 def _load_domain(doc: Any, rel: str, ctx: _Catalogues, col: _Collector) -> list[Rule]:
@@ -691,9 +693,19 @@ def _load_then(raw: Any, ctx: _Catalogues, col: _Collector) -> Then | None:
     for code in advice:
         if code not in ctx.advice:
             col.add(f"gives undeclared advice {code!r}")
+    not_indicated = []
+    for t in raw.get("not_indicated", []) or []:
+        if not isinstance(t, dict) or t.get("test") not in ctx.tests:
+            col.add(f"'then.not_indicated' names undeclared test {t!r}")
+        elif not isinstance(t.get("reason"), str) or not t["reason"].strip():
+            col.add(f"'then.not_indicated' for {t['test']} needs a 'reason' a clinician can read")
+        else:
+            not_indicated.append(NotIndicated(t["test"], t["reason"]))
     if len(col.problems) > before:
         return None
-    return Then(tuple(derive), score, support, against, red_flag, tier, tuple(tests), tuple(advice))
+    return Then(
+        tuple(derive), score, support, against, red_flag, tier, tuple(tests), tuple(advice), tuple(not_indicated),
+    )
 
 
 def _check_scores(rules: list[Rule], ctx: _Catalogues, col: _Collector) -> None:
@@ -728,7 +740,10 @@ def _check_scores(rules: list[Rule], ctx: _Catalogues, col: _Collector) -> None:
 
 # --- cases -----------------------------------------------------------------------------------
 
-_EXPECT_KEYS = {"tier", "top3", "tests_include", "tests_exclude", "red_flags_include", "absent", "advice_include"}
+_EXPECT_KEYS = {
+    "tier", "top3", "tests_include", "tests_exclude", "not_indicated_include", "red_flags_include", "absent",
+    "advice_include",
+}
 
 
 def _load_cases(doc: Any, rel: str, col: _Collector) -> list[Case]:

@@ -160,6 +160,13 @@ class RecommendedTestSchema(Schema):
     rationale = fields.String(required=True)
 
 
+class NotIndicatedSchema(Schema):
+    test = fields.String(required=True)
+    display = fields.String(required=True)
+    reason = fields.String(required=True)
+    rules = fields.List(fields.String(), required=True)
+
+
 class AskNextSchema(Schema):
     finding = fields.String(required=True)
     display = fields.String(required=True)
@@ -224,6 +231,11 @@ class EvaluationResponseSchema(Schema):
     red_flags = fields.List(fields.Nested(RedFlagOutSchema), required=True)
     differential = fields.List(fields.Nested(DifferentialSchema), required=True)
     recommended_tests = fields.List(fields.Nested(RecommendedTestSchema), required=True)
+    tests_not_indicated = fields.List(
+        fields.Nested(NotIndicatedSchema), required=True,
+        metadata={"description": "Tests the rules advise against here (e.g. no MRI for a simple strain); "
+                                 "never one that a rule recommends at urgent, asap or stat priority"},
+    )
     ask_next = fields.List(fields.Nested(AskNextSchema), required=True)
     advice = fields.List(fields.Nested(AdviceOutSchema), required=True)
     scores = fields.List(fields.Nested(ScoreOutSchema), required=True)

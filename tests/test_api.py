@@ -177,3 +177,54 @@ def test_not_ready_when_the_builtin_case_stops_evaluating_correctly(mini_app, mo
     monkeypatch.setattr(evaluator, "evaluate", wrong)
     resp = mini_app.test_client().get("/healthz/ready")
     assert resp.status_code == 503 and resp.get_json()["status"] == "not-ready"
+
+
+NOT_INDICATED_RULES = """
+  - id: mini.x_not_indicated
+    version: 1
+    title: A says test X is not indicated
+    rationale: For the not-indicated override test.
+    sources: [src-000]
+    evidence: low
+    when: {all: [{finding: a}]}
+    then: {not_indicated: [{test: test_x, reason: Not for a simple A.}]}
+  - id: mini.b_routine_x
+    version: 1
+    title: B asks for test X, routinely
+    rationale: For the not-indicated override test.
+    sources: [src-000]
+    evidence: low
+    when: {all: [{finding: b}]}
+    then: {tests: [{test: test_x, priority: routine, for: [cond_y]}]}
+"""
+
+
+@pytest.fixture(scope="module")
+def not_indicated_client(tmp_path_factory):
+    import shutil
+
+    from service import create_app
+    from tests.conftest import MINI_RULES
+
+    target = tmp_path_factory.mktemp("ni") / "rules"
+    shutil.copytree(MINI_RULES, target)
+    path = target / "domains" / "mini.yaml"
+    path.write_text(path.read_text() + NOT_INDICATED_RULES)
+    return create_app({"RULES_DIR": str(target)}).test_client()
+
+
+@pytest.mark.parametrize(
+    ("codes", "recommended", "not_indicated"),
+    [
+        (["a"], [], ["test_x"]),  # only the caution
+        (["a", "b"], [], ["test_x"]),  # a routine request gives way to the caution
+        (["a", "b", "c"], [("test_x", "stat")], []),  # a stat request (flag X) always stands
+        (["b"], [("test_x", "routine")], []),
+    ],
+)
+def test_not_indicated_never_overrides_an_urgent_test(not_indicated_client, codes, recommended, not_indicated):
+    body = not_indicated_client.post("/v1/evaluations", json={"findings": [{"code": c} for c in codes]}).get_json()
+    assert [(t["test"], t["priority"]) for t in body["recommended_tests"]] == recommended
+    assert [t["test"] for t in body["tests_not_indicated"]] == not_indicated
+    if not_indicated:
+        assert body["tests_not_indicated"][0]["reason"] == "Not for a simple A."

@@ -286,7 +286,9 @@ NESTED = """
     sources: [src-000]
     evidence: low
     when:
-      all: [{finding: angle, op: "<", value: 30}, {any: [{finding: ratio, op: ">", value: 1}, {finding: onset, is: gradual}]}]
+      all:
+        - {finding: angle, op: "<", value: 30}
+        - {any: [{finding: ratio, op: ">", value: 1}, {finding: onset, is: gradual}]}
     then: {support: [{condition: cond_y, weight: 1}]}
 """
 
