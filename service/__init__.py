@@ -17,11 +17,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from service import api, health, problems
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
+    from service.openapi import committed_spec_json
 
     app = Flask(__name__)
     app.config.update(load_config(config))
     knowledge = load_knowledge(app.config["RULES_DIR"])  # raises: the service must not start
     app.extensions["evaluator"] = Evaluator(knowledge)
+    app.extensions["openapi"] = committed_spec_json()
     problems.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)

@@ -11,7 +11,6 @@ from service.errors import BadRequest, NotFound, UnsupportedMediaType
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
 from service.knowledge import Knowledge
-from service.openapi import build_spec
 
 bp = Blueprint("api", __name__)
 JSON = "application/json"
@@ -74,8 +73,4 @@ def rule(rule_id: str) -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    spec = current_app.extensions.get("openapi")
-    if spec is None:
-        spec = orjson.dumps(build_spec())
-        current_app.extensions["openapi"] = spec
-    return Response(spec, mimetype=JSON)
+    return Response(current_app.extensions["openapi"], mimetype=JSON)

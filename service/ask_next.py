@@ -23,48 +23,59 @@ MAX_UNKNOWN_PER_RULE = 2
 _TRUE = frozenset()  # a satisfied condition: no unknowns needed
 
 
-def rank_questions(k: Knowledge, enc: Encounter, result: EngineResult, tier: str) -> list[dict[str, Any]]:
-    fired = {f.rule_id for f in result.firings}
-    derived = {name for f in result.firings for name in f.derived}
-    known = {f.key: f for f in enc.facts() if f.kind == "finding"}
-    patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
-    ctx = (known, patient, derived, result.scores)
+class QuestionRanker:
+    """Built once per rule set: what firing each rule would change is precomputed for every
+    current tier, so that a request only reads the rules' conditions."""
 
-    credit: dict[str, float] = {}
-    reasons: dict[str, list[str]] = {}
-    for rule in k.rules:
-        if rule.id in fired:
-            continue
-        if any(_leaf(leaf, ctx) is _TRUE for leaf in rule.when.none):
-            continue
-        needed = _when(rule, ctx)
-        if needed is None or not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
-            continue
-        impact = _impact(k, rule, tier)
-        if impact <= 0:
-            continue
-        for code in needed:
-            credit[code] = credit.get(code, 0) + impact / len(needed)
-            reasons.setdefault(code, []).append(rule.id)
+    def __init__(self, k: Knowledge) -> None:
+        self.k = k
+        self.impact: dict[str, dict[str, float]] = {
+            rule.id: {tier: _impact(k, rule, tier) for tier in TIER_RANK} for rule in k.rules
+        }
 
-    ranked = sorted(credit, key=lambda c: (-credit[c], c))[:MAX_QUESTIONS]
-    out = []
-    for code in ranked:
-        f = k.findings[code]
-        rules = reasons[code]
-        titles = "; ".join(k.rules_by_id[r].title for r in rules[:3])
-        out.append({
-            "finding": code,
-            "display": f.display,
-            "question": f.question,
-            "type": f.type,
-            **({"unit": f.unit} if f.unit else {}),
-            **({"choices": list(f.choices)} if f.choices else {}),
-            "impact": round(credit[code], 2),
-            "why": f"Could change the answer through: {titles}",
-            "rules": rules,
-        })
-    return out
+    def rank(self, enc: Encounter, result: EngineResult, tier: str) -> list[dict[str, Any]]:
+        k = self.k
+        fired = {f.rule_id for f in result.firings}
+        derived = {name for f in result.firings for name in f.derived}
+        known = {f.key: f for f in enc.facts() if f.kind == "finding"}
+        patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
+        ctx = (known, patient, derived, result.scores)
+
+        credit: dict[str, float] = {}
+        reasons: dict[str, list[str]] = {}
+        for rule in k.rules:
+            if rule.id in fired:
+                continue
+            impact = self.impact[rule.id][tier]
+            if impact <= 0:
+                continue
+            if any(_leaf(leaf, ctx) is _TRUE for leaf in rule.when.none):
+                continue
+            needed = _when(rule, ctx)
+            if needed is None or not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
+                continue
+            for code in needed:
+                credit[code] = credit.get(code, 0) + impact / len(needed)
+                reasons.setdefault(code, []).append(rule.id)
+
+        ranked = sorted(credit, key=lambda c: (-credit[c], c))[:MAX_QUESTIONS]
+        out = []
+        for code in ranked:
+            f = k.findings[code]
+            rules = reasons[code]
+            titles = "; ".join(k.rules_by_id[r].title for r in rules[:3])
+            out.append({
+                "finding": code,
+                "display": f.display,
+                "question": f.question,
+                "type": f.type,
+                **({"unit": f.unit} if f.unit else {}),
+                **({"choices": list(f.choices)} if f.choices else {}),
+                "impact": round(credit[code], 2),
+                "why": f"Could change the answer through: {titles}",
+                "rules": rules,
+            })
+        return out
 
 
 def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> float:

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from service.ask_next import rank_questions
+from service.ask_next import QuestionRanker
 from service.engine import Engine, EngineResult, Fact, Firing, MatchedFact
 from service.knowledge import PRIORITY_RANK, TIER_RANK, Knowledge, Rule
 
@@ -47,15 +47,17 @@ class Evaluator:
     def __init__(self, knowledge: Knowledge, engine: Engine | None = None) -> None:
         self.knowledge = knowledge
         self.engine = engine or Engine(knowledge)
+        self.ranker = QuestionRanker(knowledge)
 
     def evaluate(self, encounter: Encounter) -> dict[str, Any]:
         result = self.engine.evaluate(encounter.facts())
-        return _Assembler(self.knowledge, encounter, result).answer()
+        return _Assembler(self.knowledge, encounter, result, self.ranker).answer()
 
 
 class _Assembler:
-    def __init__(self, k: Knowledge, encounter: Encounter, result: EngineResult) -> None:
+    def __init__(self, k: Knowledge, encounter: Encounter, result: EngineResult, ranker: QuestionRanker) -> None:
         self.k = k
+        self.ranker = ranker
         self.enc = encounter
         self.result = result
         self.firings = result.firings
@@ -85,7 +87,7 @@ class _Assembler:
             "red_flags": self._red_flags(),
             "differential": self._differential(),
             **self._tests(),
-            "ask_next": rank_questions(self.k, self.enc, self.result, tier),
+            "ask_next": self.ranker.rank(self.enc, self.result, tier),
             "advice": self._advice(tier),
             "scores": self._scores(),
             "provenance": self._provenance(),

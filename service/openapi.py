@@ -120,6 +120,16 @@ def build_spec() -> dict[str, Any]:
     return spec.to_dict()
 
 
+def committed_spec_json() -> bytes:
+    """The committed document as JSON, read once at start. The tests keep it equal to the
+    generated one; serving it (rather than generating per worker) keeps the request path free
+    of a second rule-set compile and independent of which rule set this instance serves."""
+    import orjson
+    import yaml
+
+    return orjson.dumps(yaml.safe_load((OPENAPI_DIR / "openapi.yaml").read_text(encoding="utf-8")))
+
+
 def to_yaml(spec: dict[str, Any]) -> str:
     import yaml
 
