@@ -1,40 +1,46 @@
-"""Rule-set checks beyond what loading enforces. Errors make `python -m service lint` fail;
-warnings are printed for the clinical reviewer."""
+"""Rule-set checks beyond what loading enforces, for `python -m service lint`.
+
+Errors make lint (and the suite) fail; warnings are printed for the clinical reviewer.
+Errors:
+- a rule that can never fire: contradictory tests on one fact, an empty number range, a
+  derived fact nothing (reachable) derives, a score threshold its items can never reach;
+- a red flag that adding a finding could take away (its rule, or a rule it depends on through
+  derived facts, uses `none` or a score with negative items): the safety property "adding a
+  finding never lowers a tier forced by a red flag" must hold by construction;
+- a source document that is not in the shared sources folder;
+- a clinical case that fails.
+Warnings: findings no rule uses, derived facts no rule matches, conditions with no route to a
+test, guidelines cited without a citation or address, rules no case fires.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 from service.cases import run_cases
 from service.evaluation import Evaluator
-from service.knowledge import Group, Leaf, Rule
+from service.knowledge import Group, Knowledge, Leaf, Rule
+
+SHARED_SOURCES = Path(__file__).resolve().parent.parent.parent / "shared" / "sources"
 
 
-def lint(evaluator: Evaluator) -> tuple[list[str], list[str]]:
+def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tuple[list[str], list[str]]:
     k = evaluator.knowledge
     errors: list[str] = []
     warnings: list[str] = []
-    derived_by = {name for r in k.rules for name in r.then.derive}
-    used_findings: set[str] = set()
-    used_facts: set[str] = set()
-    for rule in k.rules:
-        leaves = rule.when.positive_leaves() + list(rule.when.none)
-        used_findings.update(leaf.key for leaf in leaves if leaf.kind == "finding")
-        for leaf in rule.when.positive_leaves():
-            if leaf.kind == "fact":
-                used_facts.add(leaf.key)
-                if leaf.key not in derived_by and not _in_any_alternative(rule, leaf):
-                    errors.append(f"{rule.file} rule {rule.id}: can never fire, no rule derives {leaf.key!r}")
-            if leaf.kind == "score" and not any(r.then.score and r.then.score[0] == leaf.key for r in k.rules):
-                errors.append(f"{rule.file} rule {rule.id}: can never fire, no rule adds to score {leaf.key!r}")
-    for code in k.findings:
-        if code not in used_findings:
-            warnings.append(f"finding {code} is used by no rule")
-    for name in k.derived:
-        if name not in used_facts:
-            warnings.append(f"derived fact {name} is matched by no rule")
-    tested = {c for r in k.rules for t in r.then.tests for c in t.for_conditions}
-    for code in k.conditions:
-        if code not in tested:
-            warnings.append(f"condition {code} has no route to a test")
+
+    live = _rules_that_can_fire(k, errors)
+    _red_flags_are_monotone(k, errors)
+    _sources(k, sources_dir, errors, warnings)
+
+    used_findings = {leaf.key for r in k.rules for leaf in _all_leaves(r) if leaf.kind == "finding"}
+    used_facts = {leaf.key for r in k.rules for leaf in r.when.positive_leaves() if leaf.kind == "fact"}
+    warnings += [f"finding {c} is used by no rule" for c in k.findings if c not in used_findings]
+    warnings += [f"derived fact {n} is matched by no rule" for n in k.derived if n not in used_facts]
+    tested = {c for r in k.rules if r.id in live for t in r.then.tests for c in t.for_conditions}
+    warnings += [f"condition {c} has no route to a test" for c in k.conditions if c not in tested]
+
     report = run_cases(evaluator)
     for case_id, failures in report.failures.items():
         errors.extend(f"case {case_id}: {f}" for f in failures)
@@ -44,6 +50,186 @@ def lint(evaluator: Evaluator) -> tuple[list[str], list[str]]:
     return errors, warnings
 
 
-def _in_any_alternative(rule: Rule, leaf: Leaf) -> bool:
-    """A leaf inside `any` may legitimately never hold while another alternative does."""
-    return leaf in Group("any", rule.when.any).leaves()
+def _all_leaves(rule: Rule) -> list[Leaf]:
+    return rule.when.positive_leaves() + list(rule.when.none)
+
+
+# --- rules that can never fire ---------------------------------------------------------------
+
+
+class _Interval:
+    """The values a number can take and still satisfy every test so far."""
+
+    def __init__(self) -> None:
+        self.lo, self.lo_open, self.hi, self.hi_open = -math.inf, False, math.inf, False
+        self.excluded: set[float] = set()
+
+    def add(self, op: str, v: float) -> None:
+        if op in (">", ">="):
+            if v > self.lo or (v == self.lo and op == ">"):
+                self.lo, self.lo_open = v, op == ">"
+        elif op in ("<", "<="):
+            if v < self.hi or (v == self.hi and op == "<"):
+                self.hi, self.hi_open = v, op == "<"
+        elif op == "==":
+            self.add(">=", v)
+            self.add("<=", v)
+        else:
+            self.excluded.add(v)
+
+    def empty(self) -> bool:
+        if self.lo > self.hi:
+            return True
+        if self.lo == self.hi:
+            return self.lo_open or self.hi_open or self.lo in self.excluded
+        return False
+
+
+def _conjunction_possible(leaves: list[Leaf], k: Knowledge, derivable: set[str], score_range: dict) -> bool:
+    """Can one encounter satisfy all these leaves at once?"""
+    by_fact: dict[tuple[str, str], list[Leaf]] = {}
+    for leaf in leaves:
+        by_fact.setdefault((leaf.kind, leaf.key), []).append(leaf)
+    for (kind, key), group in by_fact.items():
+        if kind == "fact" and key not in derivable:
+            return False
+        if kind == "finding":
+            if len({leaf.present for leaf in group}) > 1:
+                return False
+            finding = k.findings[key]
+            choices = set(finding.choices)
+            interval = _Interval()
+            if finding.range:
+                interval.add(">=", finding.range[0])
+                interval.add("<=", finding.range[1])
+            for leaf in group:
+                if leaf.values:
+                    choices &= set(leaf.values)
+                if leaf.op is not None:
+                    interval.add(leaf.op, float(leaf.value))  # type: ignore[arg-type]
+            if finding.type == "choice" and not choices:
+                return False
+            if finding.type == "number" and interval.empty():
+                return False
+        if kind == "patient" and key == "age":
+            interval = _Interval()
+            interval.add(">=", 0)
+            interval.add("<=", 120)
+            for leaf in group:
+                interval.add(leaf.op or "==", float(leaf.value))  # type: ignore[arg-type]
+            if interval.empty():
+                return False
+        if kind == "patient" and key == "sex":
+            allowed = None
+            for leaf in group:
+                allowed = set(leaf.values) if allowed is None else allowed & set(leaf.values)
+            if not allowed:
+                return False
+        if kind == "score":
+            lo, hi = score_range.get(key, (0.0, 0.0))
+            interval = _Interval()
+            interval.add(">=", lo)
+            interval.add("<=", hi)
+            for leaf in group:
+                interval.add(leaf.op or "==", float(leaf.value))  # type: ignore[arg-type]
+            if interval.empty():
+                return False
+    return True
+
+
+def _options(items: tuple[Leaf | Group, ...], mode: str) -> list[list[Leaf]]:
+    """Disjunctive normal form of all/any over leaves: each option is a list of leaves that
+    must hold together (groups nest one level, so this stays small)."""
+    if mode == "all":
+        options: list[list[Leaf]] = [[]]
+        for item in items:
+            sub = _options(item.items, item.mode) if isinstance(item, Group) else [[item]]
+            options = [a + b for a in options for b in sub]
+        return options
+    out: list[list[Leaf]] = []
+    for item in items:
+        out.extend(_options(item.items, item.mode) if isinstance(item, Group) else [[item]])
+    return out
+
+
+def _can_fire(rule: Rule, k: Knowledge, derivable: set[str], score_range: dict) -> bool:
+    base = _options(rule.when.all, "all")
+    alternatives = _options(rule.when.any, "any") if rule.when.any else [[]]
+    for a in base:
+        for b in alternatives:
+            if _conjunction_possible(a + b, k, derivable, score_range):
+                return True
+    return False
+
+
+def _rules_that_can_fire(k: Knowledge, errors: list[str]) -> set[str]:
+    # Scores can reach anything between the sum of their negative and positive items.
+    score_range: dict[str, tuple[float, float]] = {}
+    for r in k.rules:
+        if r.then.score:
+            sid, points = r.then.score
+            lo, hi = score_range.get(sid, (0.0, 0.0))
+            score_range[sid] = (lo + min(points, 0), hi + max(points, 0))
+    derivable: set[str] = set()
+    live: set[str] = set()
+    changed = True
+    while changed:  # fixpoint: a rule is live once the facts it needs are derivable
+        changed = False
+        for r in k.rules:
+            if r.id not in live and _can_fire(r, k, derivable, score_range):
+                live.add(r.id)
+                derivable.update(r.then.derive)
+                changed = True
+    for r in k.rules:
+        if r.id not in live:
+            errors.append(f"{r.file} rule {r.id}: can never fire (contradictory tests, an empty range, "
+                          f"a derived fact nothing derives, or a score it cannot reach)")
+    return live
+
+
+# --- safety: red flags cannot be taken away by adding a finding ------------------------------
+
+
+def _red_flags_are_monotone(k: Knowledge, errors: list[str]) -> None:
+    derivers: dict[str, list[Rule]] = {}
+    for r in k.rules:
+        for name in r.then.derive:
+            derivers.setdefault(name, []).append(r)
+    negative_scores = {r.then.score[0] for r in k.rules if r.then.score and r.then.score[1] < 0}
+
+    def reasons(rule: Rule, seen: frozenset[str]) -> list[str]:
+        out = []
+        if rule.when.none:
+            out.append(f"{rule.id} has an exclusion (none)")
+        for leaf in rule.when.positive_leaves():
+            if leaf.kind == "score" and leaf.key in negative_scores:
+                out.append(f"{rule.id} tests score {leaf.key}, which has negative items")
+            if leaf.kind == "fact":
+                for d in derivers.get(leaf.key, []):
+                    if d.id not in seen:
+                        out.extend(reasons(d, seen | {rule.id}))
+        return out
+
+    for r in k.rules:
+        if r.then.red_flag:
+            why = reasons(r, frozenset())
+            if why:
+                errors.append(f"{r.file} rule {r.id}: red flag {r.then.red_flag} could be taken away by adding "
+                              f"a finding ({'; '.join(sorted(set(why)))})")
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def _sources(k: Knowledge, sources_dir: Path | None, errors: list[str], warnings: list[str]) -> None:
+    for s in k.sources.values():
+        in_folder = sources_dir is not None and sources_dir.is_dir()
+        if s.kind == "document" and in_folder and not (sources_dir / (s.file or "")).is_file():  # type: ignore[operator]
+            errors.append(f"source {s.id}: document {s.file} is not in {sources_dir}")
+        if s.kind == "guideline" and not (s.citation or s.url):
+            warnings.append(f"source {s.id}: guideline has neither a citation nor a url")
+    cited = {sid for r in k.rules for sid in r.sources}
+    for sid in k.sources:
+        if sid not in cited and not any(sid in f.sources for f in k.red_flags.values()) \
+                and not any(sid in a.sources for a in k.advice.values()):
+            warnings.append(f"source {sid} is cited by nothing")
