@@ -5,7 +5,13 @@ For every rule that did not fire, its condition is read three-valued against wha
 blocked only by one or two unknown findings is a near miss: answering those findings could
 fire it. Each near miss credits its unknown findings with the rule's impact: a tier it would
 raise above the current one counts most, then red flags, then support for must-not-miss
-conditions, other support, and tests. Findings are ranked by total credit.
+conditions, other support, and tests. A score item is worth what the score threshold it would
+newly cross is worth (one more Wells point can turn "DVT unlikely" into "likely").
+
+Impact is scaled by how much of the rule this presentation already matches
+((1 + satisfied tests) / (1 + all tests)): a rule half met by what the patient has is a better
+question than an unrelated one of the same weight, yet a lone red-flag question keeps half
+its weight, so screening for red flags never drops out. Findings are ranked by total credit.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ class QuestionRanker:
         self.impact: dict[str, dict[str, float]] = {
             rule.id: {tier: _impact(k, rule, tier) for tier in TIER_RANK} for rule in k.rules
         }
+        # score id -> the rules that test it (thresholds), for score items' worth
+        self.thresholds: dict[str, list[Rule]] = {}
+        for rule in k.rules:
+            for leaf in rule.when.positive_leaves():
+                if leaf.kind == "score":
+                    self.thresholds.setdefault(leaf.key, []).append(rule)
 
     def rank(self, enc: Encounter, result: EngineResult, tier: str) -> list[dict[str, Any]]:
         k = self.k
@@ -46,7 +58,7 @@ class QuestionRanker:
         for rule in k.rules:
             if rule.id in fired:
                 continue
-            impact = self.impact[rule.id][tier]
+            impact = self.impact[rule.id][tier] + self._crossing(rule, result.scores, fired, tier)
             if impact <= 0:
                 continue
             if any(_leaf(leaf, ctx) is _TRUE for leaf in rule.when.none):
@@ -54,6 +66,9 @@ class QuestionRanker:
             needed = _when(rule, ctx)
             if needed is None or not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
                 continue
+            leaves = rule.when.positive_leaves()
+            satisfied = sum(1 for leaf in leaves if _leaf(leaf, ctx) is _TRUE)
+            impact *= (1 + satisfied) / (1 + len(leaves))
             for code in needed:
                 credit[code] = credit.get(code, 0) + impact / len(needed)
                 reasons.setdefault(code, []).append(rule.id)
@@ -76,6 +91,22 @@ class QuestionRanker:
                 "rules": rules,
             })
         return out
+
+
+    def _crossing(self, rule: Rule, scores: Any, fired: set[str], tier: str) -> float:
+        """Worth of a score item: the impact of unfired threshold rules its points would satisfy."""
+        if not rule.then.score:
+            return 0.0
+        sid, points = rule.then.score
+        value = scores.get(sid, 0) + points
+        worth = 0.0
+        for threshold in self.thresholds.get(sid, []):
+            if threshold.id in fired:
+                continue
+            tests = [leaf for leaf in threshold.when.positive_leaves() if leaf.kind == "score" and leaf.key == sid]
+            if all(compare(value, leaf.op, leaf.value) for leaf in tests):
+                worth = max(worth, self.impact[threshold.id][tier])
+        return worth
 
 
 def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> float:

@@ -1,0 +1,44 @@
+"""ask_next ranks unknown findings by how much answering them would change the tier or the
+differential, on the real rule set."""
+
+from __future__ import annotations
+
+from service.intake import parse_encounter
+
+
+def ask(evaluator, body):
+    answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, body))
+    return answer, [q["finding"] for q in answer["ask_next"]]
+
+
+def test_a_wells_item_that_would_make_dvt_likely_is_asked(evaluator):
+    body = {"patient": {"age": 60}, "findings": [
+        {"code": "leg_swelling_unilateral"}, {"code": "calf_tenderness"},
+        {"code": "chest_pain", "present": False}, {"code": "breathlessness", "present": False}]}
+    answer, asked = ask(evaluator, body)
+    assert answer["scores"][0]["value"] == 1  # Wells 1: unlikely
+    wells_questions = [q for q in answer["ask_next"] if any(r.startswith("dvt.wells.") for r in q["rules"])]
+    assert wells_questions, asked
+
+
+def test_known_sciatica_is_screened_for_cauda_equina(evaluator):
+    _, asked = ask(evaluator, {"findings": [{"code": "back_pain"}, {"code": "pain_shooting_buttock_to_thigh"}]})
+    assert {"urinary_retention", "saddle_anaesthesia"} <= set(asked)
+
+
+def test_ischaemic_rest_pain_asks_what_separates_it_from_cramp(evaluator):
+    _, asked = ask(evaluator, {"patient": {"age": 70}, "findings": [
+        {"code": "pain_worse_legs_elevated"}, {"code": "smoker"}]})
+    assert asked[0] == "relieved_by_dangling"
+
+
+def test_only_unknown_findings_are_asked_and_each_says_why(evaluator):
+    body = {"findings": [{"code": "back_pain"}, {"code": "urinary_retention", "present": False},
+                         {"code": "saddle_anaesthesia", "present": False}]}
+    answer, asked = ask(evaluator, body)
+    assert not {"back_pain", "urinary_retention", "saddle_anaesthesia"} & set(asked)
+    for q in answer["ask_next"]:
+        assert q["question"] and q["why"] and q["rules"]
+        assert all(r in evaluator.knowledge.rules_by_id for r in q["rules"])
+    impacts = [q["impact"] for q in answer["ask_next"]]
+    assert impacts == sorted(impacts, reverse=True)
