@@ -113,6 +113,9 @@ def build_spec() -> dict[str, Any]:
             "200": {"description": "Ready", "content": {"application/json": {"schema": "Health"}}},
             "503": {"description": "Not ready", "content": {"application/json": {"schema": "Health"}}},
         }}})
+    spec.path(path="/", operations={"get": {
+        "operationId": "triagePage", "summary": "The triage nurse page (HTML, served by the service itself)",
+        "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
     spec.path(path="/openapi.json", operations={"get": {
         "operationId": "openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3 document",
