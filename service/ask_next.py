@@ -29,6 +29,19 @@ MAX_UNKNOWN_PER_RULE = 2
 _TRUE = frozenset()  # a satisfied condition: no unknowns needed
 
 
+class _Plan:
+    """One rule, read once: what ask_next needs of it on every request."""
+
+    __slots__ = ("gates", "leaves", "rule", "score")
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.leaves = rule.when.positive_leaves()
+        # Top-level `all` leaves on input findings: one known to fail rules the rule out at once.
+        self.gates = [i for i in rule.when.all if isinstance(i, Leaf) and i.kind == "finding"]
+        self.score = rule.then.score
+
+
 class QuestionRanker:
     """Built once per rule set: what firing each rule would change is precomputed for every
     current tier, so that a request only reads the rules' conditions."""
@@ -38,27 +51,33 @@ class QuestionRanker:
         self.impact: dict[str, dict[str, float]] = {
             rule.id: {tier: _impact(k, rule, tier) for tier in TIER_RANK} for rule in k.rules
         }
+        self.plans = [_Plan(rule) for rule in k.rules]
         # score id -> the rules that test it (thresholds), for score items' worth
-        self.thresholds: dict[str, list[Rule]] = {}
+        self.thresholds: dict[str, list[tuple[Rule, list[Leaf]]]] = {}
         for rule in k.rules:
-            for leaf in rule.when.positive_leaves():
-                if leaf.kind == "score":
-                    self.thresholds.setdefault(leaf.key, []).append(rule)
+            tests = [leaf for leaf in rule.when.positive_leaves() if leaf.kind == "score"]
+            for sid in {leaf.key for leaf in tests}:
+                self.thresholds.setdefault(sid, []).append((rule, [t for t in tests if t.key == sid]))
 
-    def rank(self, enc: Encounter, result: EngineResult, tier: str) -> list[dict[str, Any]]:
+    def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         k = self.k
         fired = {f.rule_id for f in result.firings}
         derived = {name for f in result.firings for name in f.derived}
-        known = {f.key: f for f in enc.facts() if f.kind == "finding"}
+        known = {f.key: f for f in facts if f.kind == "finding"}
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
         ctx = (known, patient, derived, result.scores)
 
         credit: dict[str, float] = {}
         reasons: dict[str, list[str]] = {}
-        for rule in k.rules:
+        for plan in self.plans:
+            rule = plan.rule
             if rule.id in fired:
                 continue
-            impact = self.impact[rule.id][tier] + self._crossing(rule, result.scores, fired, tier)
+            if any(g.key in known and not leaf_matches(g, known[g.key]) for g in plan.gates):
+                continue
+            impact = self.impact[rule.id][tier]
+            if plan.score:
+                impact += self._crossing(plan.score, result.scores, fired, tier)
             if impact <= 0:
                 continue
             if any(_leaf(leaf, ctx) is _TRUE for leaf in rule.when.none):
@@ -66,9 +85,8 @@ class QuestionRanker:
             needed = _when(rule, ctx)
             if needed is None or not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
                 continue
-            leaves = rule.when.positive_leaves()
-            satisfied = sum(1 for leaf in leaves if _leaf(leaf, ctx) is _TRUE)
-            impact *= (1 + satisfied) / (1 + len(leaves))
+            satisfied = sum(1 for leaf in plan.leaves if _leaf(leaf, ctx) is _TRUE)
+            impact *= (1 + satisfied) / (1 + len(plan.leaves))
             for code in needed:
                 credit[code] = credit.get(code, 0) + impact / len(needed)
                 reasons.setdefault(code, []).append(rule.id)
@@ -92,19 +110,13 @@ class QuestionRanker:
             })
         return out
 
-
-    def _crossing(self, rule: Rule, scores: Any, fired: set[str], tier: str) -> float:
+    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> float:
         """Worth of a score item: the impact of unfired threshold rules its points would satisfy."""
-        if not rule.then.score:
-            return 0.0
-        sid, points = rule.then.score
+        sid, points = score
         value = scores.get(sid, 0) + points
         worth = 0.0
-        for threshold in self.thresholds.get(sid, []):
-            if threshold.id in fired:
-                continue
-            tests = [leaf for leaf in threshold.when.positive_leaves() if leaf.kind == "score" and leaf.key == sid]
-            if all(compare(value, leaf.op, leaf.value) for leaf in tests):
+        for threshold, tests in self.thresholds.get(sid, []):
+            if threshold.id not in fired and all(compare(value, leaf.op, leaf.value) for leaf in tests):
                 worth = max(worth, self.impact[threshold.id][tier])
         return worth
 

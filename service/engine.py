@@ -42,9 +42,9 @@ inside this module's error handling.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
-import json
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -143,7 +143,14 @@ def normalise_number(x: float) -> float | int:
 
 
 def fact_payload(fact: Fact) -> dict[str, Any]:
-    """The engine's view of a fact, with its content id (H4)."""
+    """The engine's view of a fact, with its content id (H4). Memoised: the same fact (a
+    derived fact, a yes/no finding) recurs in almost every request; each caller gets its own
+    copy, so that nothing can change the memoised one."""
+    return dict(_fact_payload(fact))
+
+
+@functools.lru_cache(maxsize=8192)
+def _fact_payload(fact: Fact) -> dict[str, Any]:
     body: dict[str, Any] = {"t": _KIND_TAG[fact.kind]}
     if fact.kind == "patient":
         if fact.value is not None:
@@ -167,7 +174,9 @@ def fact_payload(fact: Fact) -> dict[str, Any]:
     for v in body.values():
         if isinstance(v, str) and len(v) > MAX_STRING:
             raise EngineError("a fact string is longer than the engine compares")
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    # The canonical text names every property, in a fixed order, with repr() of its value:
+    # two facts get the same id only if they are the same fact.
+    canonical = "\x1f".join(f"{k}={body[k]!r}" for k in sorted(body))
     body["id"] = hashlib.sha256(canonical.encode()).hexdigest()[:32]
     if len(body) > MAX_FACT_PROPERTIES:
         raise EngineError("a fact has too many properties")
@@ -464,6 +473,10 @@ def _matched_facts(c: Any) -> list[MatchedFact]:
     if raw is None:
         raw = [getattr(x, "_d", x) for x in c.__dict__.get("m", [])]
     out: list[MatchedFact] = []
+    if isinstance(raw, dict) and all(isinstance(v, dict) and "t" in v for v in raw.values()):
+        nodes: Any = list(raw.values())  # the usual shape: one fact per pattern name
+    else:
+        nodes = raw
 
     def visit(node: Any) -> None:
         if isinstance(node, dict) and "t" in node:
@@ -486,7 +499,7 @@ def _matched_facts(c: Any) -> list[MatchedFact]:
             for v in node:
                 visit(v)
 
-    visit(raw)
+    visit(nodes)
     unique: list[MatchedFact] = []
     for m in out:
         if m not in unique:

@@ -50,13 +50,17 @@ class Evaluator:
         self.ranker = QuestionRanker(knowledge)
 
     def evaluate(self, encounter: Encounter) -> dict[str, Any]:
-        result = self.engine.evaluate(encounter.facts())
-        return _Assembler(self.knowledge, encounter, result, self.ranker).answer()
+        facts = encounter.facts()
+        result = self.engine.evaluate(facts)
+        return _Assembler(self.knowledge, encounter, facts, result, self.ranker).answer()
 
 
 class _Assembler:
-    def __init__(self, k: Knowledge, encounter: Encounter, result: EngineResult, ranker: QuestionRanker) -> None:
+    def __init__(
+        self, k: Knowledge, encounter: Encounter, facts: list[Fact], result: EngineResult, ranker: QuestionRanker,
+    ) -> None:
         self.k = k
+        self.facts = facts
         self.ranker = ranker
         self.enc = encounter
         self.result = result
@@ -87,7 +91,7 @@ class _Assembler:
             "red_flags": self._red_flags(),
             "differential": self._differential(),
             **self._tests(),
-            "ask_next": self.ranker.rank(self.enc, self.result, tier),
+            "ask_next": self.ranker.rank(self.enc, self.facts, self.result, tier),
             "advice": self._advice(tier),
             "scores": self._scores(),
             "provenance": self._provenance(),

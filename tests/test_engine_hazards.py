@@ -185,8 +185,10 @@ def test_h9_without_normalising_exponent_numbers_give_wrong_answers(eng, monkeyp
     """Measured here: the engine reads '1e+20' wrongly, so 1e20 > 0.0001 does not fire. With
     the guard such a value is refused (and intake's ranges stop it long before)."""
     monkeypatch.setattr(engine_mod, "normalise_number", lambda x: x)
+    engine_mod._fact_payload.cache_clear()  # payloads are memoised: build them with the patch
     assert "mini.ratio_tiny" not in fired(eng.evaluate([Fact("finding", "ratio", value=1e20)]))
     monkeypatch.undo()
+    engine_mod._fact_payload.cache_clear()
     with pytest.raises(EngineError):
         eng.evaluate([Fact("finding", "ratio", value=1e20)])
 
