@@ -9,13 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.errors import ServiceError
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
 from service.knowledge import Case
 
 
+def evaluate_case(evaluator: Evaluator, case: Case) -> dict[str, Any]:
+    """The answer to a case's request; a case whose request is invalid raises ServiceError."""
+    return evaluator.evaluate(parse_encounter(evaluator.knowledge, case.request))
+
+
 def check_case(evaluator: Evaluator, case: Case) -> list[str]:
-    answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, case.request))
+    try:
+        answer = evaluate_case(evaluator, case)
+    except ServiceError as exc:
+        return [f"the case's request is not valid: {exc.detail} {[e.get('pointer') for e in exc.errors]}"]
     return compare(case.expect, answer)
 
 
@@ -76,7 +85,11 @@ def run_cases(evaluator: Evaluator) -> CaseReport:
     report = CaseReport()
     for case in evaluator.knowledge.cases:
         report.total += 1
-        answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, case.request))
+        try:
+            answer = evaluate_case(evaluator, case)
+        except ServiceError as exc:
+            report.failures[case.id] = [f"the case's request is not valid: {exc.detail}"]
+            continue
         report.rules_fired.update(p["rule"] for p in answer["provenance"])
         failures = compare(case.expect, answer)
         if answer["urgency"]["tier"] == case.expect["tier"]:

@@ -109,12 +109,13 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
         col.file = name
         docs[name] = _read_yaml(rules_dir / name, col, required=True)
 
-    sources = _load_sources(docs["sources.yaml"], col.at("sources.yaml"))
-    findings, derived, scores = _load_vocabulary(docs["vocabulary.yaml"], sources, col.at("vocabulary.yaml"))
-    conditions = _load_conditions(docs["conditions.yaml"], col.at("conditions.yaml"))
-    tests = _load_tests(docs["tests.yaml"], col.at("tests.yaml"))
-    red_flags = _load_red_flags(docs["red_flags.yaml"], sources, col.at("red_flags.yaml"))
-    advice = _load_advice(docs["advice.yaml"], sources, col.at("advice.yaml"))
+    sources = _guarded(col.at("sources.yaml"), {}, _load_sources, docs["sources.yaml"])
+    findings, derived, scores = _guarded(
+        col.at("vocabulary.yaml"), ({}, {}, {}), _load_vocabulary, docs["vocabulary.yaml"], sources)
+    conditions = _guarded(col.at("conditions.yaml"), {}, _load_conditions, docs["conditions.yaml"])
+    tests = _guarded(col.at("tests.yaml"), {}, _load_tests, docs["tests.yaml"])
+    red_flags = _guarded(col.at("red_flags.yaml"), {}, _load_red_flags, docs["red_flags.yaml"], sources)
+    advice = _guarded(col.at("advice.yaml"), {}, _load_advice, docs["advice.yaml"], sources)
 
     ctx = _Catalogues(sources, findings, derived, scores, conditions, tests, red_flags, advice)
     rules: list[Rule] = []
@@ -127,7 +128,7 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
         rel = path.relative_to(rules_dir).as_posix()
         col.file, col.rule_id = rel, None
         doc = _read_yaml(path, col, required=True)
-        for rule in _load_domain(doc, rel, ctx, col):
+        for rule in _guarded(col, [], _load_domain, doc, rel, ctx):
             if rule.id in seen:
                 col.file, col.rule_id = rel, rule.id
                 col.add(f"duplicate rule id (first defined in {seen[rule.id]})")
@@ -141,7 +142,7 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
     for path in sorted((rules_dir / "cases").glob("*.yaml")):
         rel = path.relative_to(rules_dir).as_posix()
         col.file, col.rule_id = rel, None
-        cases.extend(_load_cases(_read_yaml(path, col, required=True), rel, col))
+        cases.extend(_guarded(col, [], _load_cases, _read_yaml(path, col, required=True), rel))
     case_ids = [c.id for c in cases]
     for dup in sorted({c for c in case_ids if case_ids.count(c) > 1}):
         col.file = "cases/"
@@ -149,11 +150,14 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
 
     meta = docs["ruleset.yaml"] or {}
     col.file, col.rule_id = "ruleset.yaml", None
+    if not isinstance(meta, dict):
+        col.add("expected a mapping with name, version and title")
+        meta = {}
     for key in ("name", "version", "title"):
         if not isinstance(meta.get(key), str) or not meta.get(key):
             col.add(f"'{key}' must be a non-empty string")
     readiness = meta.get("readiness_case")
-    if readiness is not None and readiness not in case_ids:
+    if readiness is not None and (not isinstance(readiness, str) or readiness not in case_ids):
         col.add(f"readiness_case {readiness!r} is not a case id")
 
     if col.problems:
@@ -178,6 +182,16 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _guarded(col: _Collector, fallback: Any, fn: Any, *args: Any) -> Any:
+    """Last line of defence: a value of a type no check foresaw (a list where a code belongs,
+    a mapping where a number does) is a load problem naming the file, never a crash."""
+    try:
+        return fn(*args, col)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:
+        col.add(f"malformed content ({exc.__class__.__name__}): check the types against rules/README.md")
+        return fallback
 
 
 class _Catalogues:
@@ -264,7 +278,7 @@ def _source_refs(item: dict[str, Any], sources: dict[str, Source], col: _Collect
         col.add(f"{what}: has no sources")
         return ()
     for ref in refs:
-        if ref not in sources:
+        if not isinstance(ref, str) or ref not in sources:
             col.add(f"{what}: unknown source {ref!r}")
     return tuple(str(r) for r in refs)
 
@@ -462,7 +476,11 @@ def _load_domain(doc: Any, rel: str, ctx: _Catalogues, col: _Collector) -> list[
         if not isinstance(rid, str) or not RULE_ID_RE.match(rid):
             col.add(f"rule id {rid!r} must be dotted lower-case, e.g. dvt.wells.calf_swelling")
             continue
-        rule = _load_rule(item, rid, domain, rel, ctx, col)
+        try:
+            rule = _load_rule(item, rid, domain, rel, ctx, col)
+        except (TypeError, AttributeError, ValueError, KeyError) as exc:
+            col.add(f"malformed rule ({exc.__class__.__name__}): check the types against rules/README.md")
+            rule = None
         if rule is not None:
             out.append(rule)
     col.rule_id = None
@@ -553,6 +571,9 @@ def _load_leaf(item: Any, ctx: _Catalogues, col: _Collector) -> Leaf | None:
         return None
     kind = kinds[0]
     key = item[kind]
+    if not isinstance(key, str):
+        col.add(f"condition {item!r}: '{kind}' must name a code")
+        return None
     allowed = {kind, "op", "value", "is", "in", "present"}
     extra = set(item) - allowed
     if extra:
@@ -568,8 +589,11 @@ def _load_leaf(item: Any, ctx: _Catalogues, col: _Collector) -> Leaf | None:
     values: tuple[str, ...] = ()
     if "is" in item:
         values = (item["is"],)
+    if "is" in item and not isinstance(item["is"], str):
+        col.add(f"condition on {key!r}: 'is' takes one code")
+        return None
     if "in" in item:
-        if not isinstance(item["in"], list) or not item["in"]:
+        if not isinstance(item["in"], list) or not item["in"] or not all(isinstance(v, str) for v in item["in"]):
             col.add(f"condition on {key!r}: 'in' must be a non-empty list")
             return None
         values = tuple(item["in"])
@@ -646,12 +670,13 @@ def _load_then(raw: Any, ctx: _Catalogues, col: _Collector) -> Then | None:
         col.add("'then.derive' must be a list")
         derive = []
     for name in derive:
-        if name not in ctx.derived:
+        if not isinstance(name, str) or name not in ctx.derived:
             col.add(f"derives undeclared fact {name!r}")
     score = None
     if "score" in raw:
         s = raw["score"]
-        if not (isinstance(s, dict) and s.get("id") in ctx.scores and _number(s.get("points"))):
+        if not (isinstance(s, dict) and isinstance(s.get("id"), str) and s.get("id") in ctx.scores
+                and _number(s.get("points"))):
             col.add(f"'then.score' must be {{id: <declared score>, points: <number>}}, got {s!r}")
         else:
             score = (s["id"], s["points"])
@@ -659,7 +684,7 @@ def _load_then(raw: Any, ctx: _Catalogues, col: _Collector) -> Then | None:
     def weighted(key: str) -> tuple[Weighted, ...]:
         out = []
         for w in raw.get(key, []) or []:
-            if not (isinstance(w, dict) and w.get("condition") in ctx.conditions):
+            if not (isinstance(w, dict) and isinstance(w.get("condition"), str) and w["condition"] in ctx.conditions):
                 col.add(f"'then.{key}' names undeclared condition {w!r}")
                 continue
             weight = w.get("weight")
@@ -671,31 +696,34 @@ def _load_then(raw: Any, ctx: _Catalogues, col: _Collector) -> Then | None:
 
     support, against = weighted("support"), weighted("against")
     red_flag = raw.get("red_flag")
-    if red_flag is not None and red_flag not in ctx.red_flags:
+    if red_flag is not None and (not isinstance(red_flag, str) or red_flag not in ctx.red_flags):
         col.add(f"raises undeclared red flag {red_flag!r}")
     tier = raw.get("tier")
-    if tier is not None and tier not in TIERS:
+    if tier is not None and (not isinstance(tier, str) or tier not in TIERS):
         col.add(f"tier {tier!r} is not one of {', '.join(TIERS)}")
     tests = []
     for t in raw.get("tests", []) or []:
-        if not isinstance(t, dict) or t.get("test") not in ctx.tests:
+        if not isinstance(t, dict) or not isinstance(t.get("test"), str) or t["test"] not in ctx.tests:
             col.add(f"recommends undeclared test {t!r}")
             continue
-        if t.get("priority") not in PRIORITIES:
+        if not isinstance(t.get("priority"), str) or t["priority"] not in PRIORITIES:
             col.add(f"test {t['test']}: priority must be one of {', '.join(PRIORITIES)}")
             continue
         fors = t.get("for", [])
-        if not isinstance(fors, list) or any(c not in ctx.conditions for c in fors):
+        if not isinstance(fors, list) or any(not isinstance(c, str) or c not in ctx.conditions for c in fors):
             col.add(f"test {t['test']}: 'for' must list declared conditions")
             continue
         tests.append(TestRequest(t["test"], t["priority"], tuple(fors)))
     advice = raw.get("advice", []) or []
+    if not isinstance(advice, list):
+        col.add("'then.advice' must be a list")
+        advice = []
     for code in advice:
-        if code not in ctx.advice:
+        if not isinstance(code, str) or code not in ctx.advice:
             col.add(f"gives undeclared advice {code!r}")
     not_indicated = []
     for t in raw.get("not_indicated", []) or []:
-        if not isinstance(t, dict) or t.get("test") not in ctx.tests:
+        if not isinstance(t, dict) or not isinstance(t.get("test"), str) or t["test"] not in ctx.tests:
             col.add(f"'then.not_indicated' names undeclared test {t!r}")
         elif not isinstance(t.get("reason"), str) or not t["reason"].strip():
             col.add(f"'then.not_indicated' for {t['test']} needs a 'reason' a clinician can read")

@@ -110,3 +110,12 @@ def test_a_source_document_missing_from_the_shared_folder_is_an_error(tmp_path):
     empty.mkdir()
     errors, _ = lint_with(tmp_path, "{all: [{finding: a}]}", sources_dir=empty)
     assert any("source src-000: document 000_2eb120cd97d1c60a.txt is not in" in e for e in errors)
+
+
+def test_a_case_with_an_invalid_request_is_a_lint_error_not_a_crash(tmp_path):
+    target = tmp_path / "rules"
+    shutil.copytree(MINI_RULES, target)
+    path = target / "cases" / "mini.yaml"
+    path.write_text(path.read_text().replace("{code: c}", "{code: not_a_finding}"))
+    errors, _ = lint(Evaluator(load_knowledge(target)), sources_dir=None)
+    assert any("case mini-chain-in: the case's request is not valid" in e for e in errors), errors
