@@ -45,6 +45,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -68,6 +69,7 @@ MAX_FACT_PROPERTIES = 16  # H9: the engine silently drops facts with ~250+ prope
 MAX_STRING = 256  # H9: strings over 64K are compared only in part; ours are codes
 MAX_ROUNDS = 64  # a cycle of derivations cannot run forever
 
+log = logging.getLogger("service.engine")
 _LOCK = threading.Lock()  # H11: process-wide, around every use of the C engine
 _counter = itertools.count(1)
 
@@ -428,8 +430,8 @@ class Engine:
                     self._host.assert_facts(self._name, [{"t": T_START, "id": "start-retry", "sid": sid}])
             if session.started:
                 self._host.delete_state(self._name, sid)
-        except Exception:
-            pass  # deleting a finished session cannot change this answer
+        except Exception as exc:  # deleting a finished session cannot change this answer
+            log.warning("engine: a finished session could not be deleted (%s)", exc.__class__.__name__)
         finally:
             self._sessions.pop(sid, None)
 
