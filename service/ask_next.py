@@ -1,17 +1,24 @@
 """What to ask next: the unknown findings that would most change the answer.
 
-For every rule that did not fire, its condition is read three-valued against what is known
-(true / false / unknown, where unknown means a finding nobody reported). A rule that is
-blocked only by one or two unknown findings is a near miss: answering those findings could
-fire it. Each near miss credits its unknown findings with the rule's impact: a tier it would
-raise above the current one counts most, then red flags, then support for must-not-miss
-conditions, other support, and tests. A score item is worth what the score threshold it would
-newly cross is worth (one more Wells point can turn "DVT unlikely" into "likely").
+Every rule that did not fire is read three-valued against what is known: true, false, or
+unknown, where unknown means a finding nobody reported. A rule blocked only by one or two
+unknown findings is a near miss: answering them could fire it. A fact not yet derived, whose
+deriving rule is itself a near miss, counts as pending on that rule's unknown findings, so
+chains one step deep are followed (the fourth restless-legs criterion is one question away).
 
-Impact is scaled by how much of the rule this presentation already matches
-((1 + satisfied tests) / (1 + all tests)): a rule half met by what the patient has is a better
-question than an unrelated one of the same weight, yet a lone red-flag question keeps half
-its weight, so screening for red flags never drops out. Findings are ranked by total credit.
+Each near miss credits its unknown findings with what firing it would change, in two parts:
+- urgency: raising the tier above the current one (10 a step) and a red flag (5);
+- differential: support for conditions (must-not-miss counts double), tests, and what the
+  facts it derives would change in turn. A score item is worth the threshold rule its points
+  would newly cross (one more Wells point turns "DVT unlikely" into "likely").
+Credit is scaled by how much of the rule the presentation already matches
+((1 + satisfied tests) / (1 + all tests)), so that a half-met rule beats an unrelated one of
+the same weight. A finding is worth its strongest consequence plus a tenth of the others
+(summing would let ten correlated Wells items drown a decisive question).
+
+The answer keeps the three best questions for urgency (red-flag screening must never drop
+out) and the three best for the differential (so that screening never crowds out the
+question that tells causes apart), ranked together by total credit.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from service.knowledge import TIER_RANK, Group, Knowledge, Leaf, Rule
 if TYPE_CHECKING:
     from service.evaluation import Encounter
 
-MAX_QUESTIONS = 5
+PER_AIM = 3
 MAX_UNKNOWN_PER_RULE = 2
-_TRUE = frozenset()  # a satisfied condition: no unknowns needed
+BREADTH = 0.1
+_TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
+
+Impact = tuple[float, float]  # (urgency, differential)
 
 
 class _Plan:
@@ -48,10 +58,11 @@ class QuestionRanker:
 
     def __init__(self, k: Knowledge) -> None:
         self.k = k
-        self.impact: dict[str, dict[str, float]] = {
+        self.impact: dict[str, dict[str, Impact]] = {
             rule.id: {tier: _impact(k, rule, tier) for tier in TIER_RANK} for rule in k.rules
         }
         self.plans = [_Plan(rule) for rule in k.rules]
+        self.derivers = [p for p in self.plans if p.rule.then.derive]
         # score id -> the rules that test it (thresholds), for score items' worth
         self.thresholds: dict[str, list[tuple[Rule, list[Leaf]]]] = {}
         for rule in k.rules:
@@ -60,92 +71,122 @@ class QuestionRanker:
                 self.thresholds.setdefault(sid, []).append((rule, [t for t in tests if t.key == sid]))
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
-        k = self.k
         fired = {f.rule_id for f in result.firings}
         derived = {name for f in result.firings for name in f.derived}
         known = {f.key: f for f in facts if f.kind == "finding"}
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
-        ctx = (known, patient, derived, result.scores)
+        pending: dict[str, frozenset[str]] = {}
+        ctx = (known, patient, derived, result.scores, pending)
+        for plan in self.derivers:
+            if plan.rule.id not in fired:
+                needed = self._near_miss(plan, known, ctx)
+                for name in plan.rule.then.derive if needed else ():
+                    if name not in derived and (name not in pending or len(needed) < len(pending[name])):
+                        pending[name] = needed  # type: ignore[assignment]
 
-        credit: dict[str, float] = {}
+        gains: dict[str, tuple[list[float], list[float]]] = {}
         reasons: dict[str, list[str]] = {}
         for plan in self.plans:
             rule = plan.rule
             if rule.id in fired:
                 continue
-            if any(g.key in known and not leaf_matches(g, known[g.key]) for g in plan.gates):
-                continue
-            impact = self.impact[rule.id][tier]
+            urgency, differential = self.impact[rule.id][tier]
             if plan.score:
-                impact += self._crossing(plan.score, result.scores, fired, tier)
-            if impact <= 0:
+                cu, cd = self._crossing(plan.score, result.scores, fired, tier)
+                urgency, differential = urgency + cu, differential + cd
+            if urgency + differential <= 0:
                 continue
-            if any(_leaf(leaf, ctx) is _TRUE for leaf in rule.when.none):
-                continue
-            needed = _when(rule, ctx)
-            if needed is None or not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
+            needed = self._near_miss(plan, known, ctx)
+            if not needed:
                 continue
             satisfied = sum(1 for leaf in plan.leaves if _leaf(leaf, ctx) is _TRUE)
-            impact *= (1 + satisfied) / (1 + len(plan.leaves))
+            scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
             for code in needed:
-                credit[code] = credit.get(code, 0) + impact / len(needed)
+                u, d = gains.setdefault(code, ([], []))
+                u.append(urgency * scale)
+                d.append(differential * scale)
                 reasons.setdefault(code, []).append(rule.id)
 
-        ranked = sorted(credit, key=lambda c: (-credit[c], c))[:MAX_QUESTIONS]
-        out = []
-        for code in ranked:
-            f = k.findings[code]
-            rules = reasons[code]
-            titles = "; ".join(k.rules_by_id[r].title for r in rules[:3])
-            out.append({
-                "finding": code,
-                "display": f.display,
-                "question": f.question,
-                "type": f.type,
-                **({"unit": f.unit} if f.unit else {}),
-                **({"choices": list(f.choices)} if f.choices else {}),
-                "impact": round(credit[code], 2),
-                "why": f"Could change the answer through: {titles}",
-                "rules": rules,
-            })
-        return out
+        credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
+        by_urgency = sorted((c for c in credit if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:PER_AIM]
+        by_differential = sorted(
+            (c for c in credit if credit[c][1] > 0 and c not in by_urgency), key=lambda c: (-credit[c][1], c),
+        )[:PER_AIM]
+        chosen = sorted(by_urgency + by_differential, key=lambda c: (-sum(credit[c]), c))
+        return [self._question(code, sum(credit[code]), reasons[code],
+                               "urgency" if code in by_urgency else "differential") for code in chosen]
 
-    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> float:
-        """Worth of a score item: the impact of unfired threshold rules its points would satisfy."""
+    def _question(self, code: str, impact: float, rules: list[str], aim: str) -> dict[str, Any]:
+        f = self.k.findings[code]
+        titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
+        lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
+        return {
+            "finding": code,
+            "display": f.display,
+            "question": f.question,
+            "type": f.type,
+            **({"unit": f.unit} if f.unit else {}),
+            **({"choices": list(f.choices)} if f.choices else {}),
+            "aim": aim,
+            "impact": round(impact, 2),
+            "why": f"{lead}: {titles}",
+            "rules": rules,
+        }
+
+    @staticmethod
+    def _near_miss(plan: _Plan, known: dict[str, Fact], ctx: Any) -> frozenset[str] | None:
+        """The unknown findings (one or two) that would fire this rule, or None."""
+        if any(g.key in known and not leaf_matches(g, known[g.key]) for g in plan.gates):
+            return None
+        if any(_leaf(leaf, ctx) is _TRUE for leaf in plan.rule.when.none):
+            return None
+        needed = _when(plan.rule, ctx)
+        return needed if needed and len(needed) <= MAX_UNKNOWN_PER_RULE else None
+
+    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> Impact:
+        """Worth of a score item: the impact of the unfired threshold rules its points would satisfy."""
         sid, points = score
         value = scores.get(sid, 0) + points
-        worth = 0.0
+        best: Impact = (0.0, 0.0)
         for threshold, tests in self.thresholds.get(sid, []):
             if threshold.id not in fired and all(compare(value, leaf.op, leaf.value) for leaf in tests):
-                worth = max(worth, self.impact[threshold.id][tier])
-        return worth
+                candidate = self.impact[threshold.id][tier]
+                if sum(candidate) > sum(best):
+                    best = candidate
+        return best
 
 
-def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> float:
-    """What firing `rule` would change; a derived fact counts what the rules matching it
-    would change in turn (chains are followed, cycles cut)."""
+def _worth(gains: list[float]) -> float:
+    return max(gains) + BREADTH * (sum(gains) - max(gains)) if gains else 0.0
+
+
+def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> Impact:
+    """What firing `rule` would change, as (urgency, differential); a derived fact counts what
+    the rules matching it would change in turn (chains are followed, cycles cut)."""
     then = rule.then
     current = TIER_RANK[tier]
     raised = [TIER_RANK[then.tier]] if then.tier else []
     if then.red_flag:
         raised.append(TIER_RANK[k.red_flags[then.red_flag].tier])
-    impact = 10.0 * max([r - current for r in raised if r > current], default=0)
-    impact += 5.0 if then.red_flag else 0.0
-    for w in then.support:
-        impact += w.weight * (2.0 if k.conditions[w.condition].must_not_miss else 1.0)
-    impact += 0.5 * len(then.tests)
+    urgency = 10.0 * max([r - current for r in raised if r > current], default=0)
+    urgency += 5.0 if then.red_flag else 0.0
+    differential = sum(w.weight * (2.0 if k.conditions[w.condition].must_not_miss else 1.0) for w in then.support)
+    differential += 0.5 * len(then.tests)
     for name in then.derive:
         consumers = [
             r for r in k.rules
             if r.id not in seen and any(leaf.kind == "fact" and leaf.key == name for leaf in r.when.positive_leaves())
         ]
-        impact += max((_impact(k, r, tier, seen | {rule.id}) for r in consumers), default=0.0)
-    return impact
+        impacts = [_impact(k, r, tier, seen | {rule.id}) for r in consumers]
+        if impacts:
+            u, d = max(impacts, key=sum)
+            urgency, differential = urgency + u, differential + d
+    return urgency, differential
 
 
 def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
-    """frozenset() = true; frozenset({code}) = unknown, needs that finding; None = false."""
-    known, patient, derived, scores = ctx
+    """frozenset() = true; frozenset({code, ...}) = unknown, needs those findings; None = false."""
+    known, patient, derived, scores, pending = ctx
     if leaf.kind == "finding":
         fact = known.get(leaf.key)
         if fact is None:
@@ -154,7 +195,7 @@ def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
     if leaf.kind == "patient":
         return _TRUE if leaf_matches(leaf, patient) else None
     if leaf.kind == "fact":
-        return _TRUE if leaf.key in derived else None
+        return _TRUE if leaf.key in derived else pending.get(leaf.key)
     value = scores.get(leaf.key)
     if value is None:
         return None

@@ -174,6 +174,11 @@ class AskNextSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(["boolean", "number", "choice"]))
     unit = fields.String()
     choices = fields.List(fields.String())
+    aim = fields.String(
+        required=True, validate=validate.OneOf(["urgency", "differential"]),
+        metadata={"description": "urgency: could raise the tier (red-flag screening); "
+                                 "differential: would help tell the causes apart"},
+    )
     impact = fields.Float(required=True)
     why = fields.String(required=True)
     rules = fields.List(fields.String(), required=True)

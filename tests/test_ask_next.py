@@ -42,3 +42,15 @@ def test_only_unknown_findings_are_asked_and_each_says_why(evaluator):
         assert all(r in evaluator.knowledge.rules_by_id for r in q["rules"])
     impacts = [q["impact"] for q in answer["ask_next"]]
     assert impacts == sorted(impacts, reverse=True)
+
+
+def test_the_missing_restless_legs_criterion_is_asked(evaluator):
+    """Three IRLSSG criteria known: the fourth (a derived fact, one rule away) is asked, even
+    though red-flag screening questions carry more weight at this tier."""
+    body = {"patient": {"age": 50}, "findings": [
+        {"code": "urge_to_move_legs"}, {"code": "symptoms_begin_at_rest"}, {"code": "relieved_by_movement"}]}
+    answer, asked = ask(evaluator, body)
+    assert "worse_evening_night" in asked
+    q = next(q for q in answer["ask_next"] if q["finding"] == "worse_evening_night")
+    assert q["aim"] == "differential"
+    assert any(q["aim"] == "urgency" for q in answer["ask_next"])  # screening is still there
