@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup-system.sh  # Prometheus server and promtool, if missing
 bash scripts/setup-browser.sh
 .venv/bin/ruff check service tests bench deploy
 .venv/bin/python -m service lint

@@ -14,7 +14,8 @@ from service.config import load_config
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from service import api, health, problems, ui
+    from service import api, health, logs, metrics, problems, ui  # metrics: after PROMETHEUS_MULTIPROC_DIR is set
+    from service.cds_hooks import install as install_cds_hooks
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
     from service.openapi import committed_spec_json
@@ -24,8 +25,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     knowledge = load_knowledge(app.config["RULES_DIR"])  # raises: the service must not start
     app.extensions["evaluator"] = Evaluator(knowledge)
     app.extensions["openapi"] = committed_spec_json()
+    logs.init_app(app)  # request id and the JSON request line; first, so its before_request runs first
+    metrics.init_app(app)  # GET /metrics and the request metrics
     problems.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
+    install_cds_hooks(app, knowledge)  # /cds-services: CDS Hooks, its JWT authentication and CORS
     return app

@@ -11,9 +11,11 @@ from service.errors import BadRequest, NotFound, UnsupportedMediaType
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
 from service.knowledge import Knowledge
+from service.metrics import record_evaluation
 
 bp = Blueprint("api", __name__)
 JSON = "application/json"
+FHIR_JSON = "application/fhir+json"
 
 
 def _evaluator() -> Evaluator:
@@ -42,7 +44,21 @@ def read_json_body() -> Any:
 def create_evaluation() -> Response:
     evaluator = _evaluator()
     encounter = parse_encounter(evaluator.knowledge, read_json_body())
-    return _json(evaluator.evaluate(encounter))
+    answer = evaluator.evaluate(encounter)
+    record_evaluation(answer, knowledge=evaluator.knowledge)  # metrics and the evaluation log line
+    if _wants_fhir():
+        from service.fhir_out import guidance_response
+
+        body = guidance_response(answer, evaluator.knowledge)
+        return Response(orjson.dumps(body), mimetype=FHIR_JSON)
+    return _json(answer)
+
+
+def _wants_fhir() -> bool:
+    """Accept: application/fhir+json (preferred over application/json) -> a FHIR R4
+    GuidanceResponse. Errors stay application/problem+json."""
+    accept = request.accept_mimetypes
+    return accept.quality(FHIR_JSON) > 0 and accept.best_match([JSON, FHIR_JSON]) == FHIR_JSON
 
 
 def _catalogues(k: Knowledge) -> dict[str, bytes]:

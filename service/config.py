@@ -13,6 +13,19 @@ DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 _SETTINGS: dict[str, tuple[str, Any, Any]] = {
     "RULES_DIR": ("CDS_RULES_DIR", str(DEFAULT_RULES_DIR), str),
     "MAX_CONTENT_LENGTH": ("CDS_MAX_BODY_BYTES", 256 * 1024, int),
+    # CDS Hooks (service/cds_hooks.py, service/hooks_auth.py)
+    "HOOKS_TRUSTED_ISSUERS": ("CDS_HOOKS_TRUSTED_ISSUERS", "", str),  # JSON {iss: JWKS path | JWKS}; empty: open
+    "HOOKS_CORS_ORIGINS": ("CDS_HOOKS_CORS_ORIGINS", "", str),  # comma-separated EHR origins
+    "HOOKS_BASE_URL": ("CDS_HOOKS_BASE_URL", "", str),  # public base URL the JWT aud is checked against
+    "HOOKS_JWT_MAX_LIFETIME": ("CDS_HOOKS_JWT_MAX_LIFETIME", 3600, int),  # seconds, exp - iat
+    "HOOKS_JWT_LEEWAY": ("CDS_HOOKS_JWT_LEEWAY", 30, int),  # seconds of clock skew
+    "HOOKS_REPLAY_CACHE_SIZE": ("CDS_HOOKS_REPLAY_CACHE_SIZE", 100_000, int),  # jti entries per process
+    "HOOKS_FHIR_SERVERS": ("CDS_HOOKS_FHIR_SERVERS", "", str),  # FHIR bases the service may read with a token
+    "HOOKS_FHIR_TIMEOUT": ("CDS_HOOKS_FHIR_TIMEOUT", 5.0, float),  # seconds per FHIR read
+    "HOOKS_MAX_BODY_BYTES": ("CDS_HOOKS_MAX_BODY_BYTES", 2 * 1024 * 1024, int),  # CDS Hooks bodies (prefetch)
+    "HOOKS_OBSERVATION_MAX_AGE_DAYS": ("CDS_HOOKS_OBSERVATION_MAX_AGE_DAYS", 7, int),  # older ones are not used
+    "LOG_LEVEL": ("CDS_LOG_LEVEL", "info", str),  # the service's JSON logs (and gunicorn's)
+    "BUILD_REVISION": ("CDS_BUILD_REVISION", "unknown", str),  # legpain_cds_build_info{revision}
 }
 
 

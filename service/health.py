@@ -7,6 +7,7 @@ import orjson
 from flask import Blueprint, Response, current_app
 
 from service.cases import check_case
+from service.lifecycle import is_draining
 
 bp = Blueprint("health", __name__)
 
@@ -21,6 +22,9 @@ def ready() -> Response:
     evaluator = current_app.extensions["evaluator"]
     k = evaluator.knowledge
     info = {"name": k.name, "version": k.version, "sha256": k.sha256}
+    if is_draining():  # shutting down: stop new traffic first (service/lifecycle.py)
+        body = {"status": "draining", "ruleset": info, "detail": "shutting down"}
+        return Response(orjson.dumps(body), status=503, mimetype="application/json")
     case = next((c for c in k.cases if c.id == k.readiness_case), None)
     if case is None:
         body = {"status": "not-ready", "ruleset": info, "detail": "no readiness case in the rule set"}

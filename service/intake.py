@@ -14,6 +14,7 @@ from marshmallow import ValidationError
 
 from service.errors import FieldError, ValidationFailed
 from service.evaluation import Encounter
+from service.fhir_mapping import LOCAL_FINDING_SYSTEM, findings_for_coding
 from service.knowledge import Knowledge
 from service.schemas import MAX_FINDINGS, EvaluationRequestSchema
 
@@ -41,8 +42,17 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
 
     errors: list[FieldError] = []
     findings: dict[str, dict[str, Any]] = {}
-    for i, f in enumerate(data["findings"]):
+    where: dict[str, int] = {}
+    for i, item in enumerate(data["findings"]):
         ptr = f"/findings/{i}"
+        f = _resolve_coding(k, item, ptr, errors)
+        if f is None:
+            continue
+        if f["code"] in where:  # e.g. a SNOMED CT coding and the local code of one finding
+            errors.append(FieldError(f"{ptr}/code", "duplicate",
+                                     f"This names finding {f['code']!r}, already given at index {where[f['code']]}."))
+            continue
+        where[f["code"]] = i
         checked = _check_finding(k, f, ptr, errors)
         if checked is not None:
             findings[f["code"]] = checked
@@ -59,6 +69,29 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
         findings=findings,
         encounter_id=data.get("encounter_id"),
     )
+
+
+def _resolve_coding(k: Knowledge, f: dict[str, Any], ptr: str, errors: list[FieldError]) -> dict[str, Any] | None:
+    """A coded finding ({system, code}) -> the same item with the local finding code."""
+    if "system" not in f:
+        return f
+    system, code = f["system"], f["code"]
+    local = findings_for_coding(k, system, code)
+    if len(local) == 1:
+        return {**{key: v for key, v in f.items() if key != "system"}, "code": local[0]}
+    if local:
+        errors.append(FieldError(f"{ptr}/code", "ambiguous-code",
+                                 f"{system}|{code} names several findings ({', '.join(local)}); "
+                                 "send the local code instead.", {"suggestions": list(local)}))
+        return None
+    near = difflib.get_close_matches(code, list(k.findings), n=3, cutoff=0.5) if system == LOCAL_FINDING_SYSTEM else []
+    errors.append(FieldError(
+        f"{ptr}/code", "unknown-code",
+        f"Unknown coding {system}|{code}: no finding has it (GET /v1/findings lists each finding's codes)."
+        + (f" Did you mean {', '.join(near)}?" if near else ""),
+        {"suggestions": near},
+    ))
+    return None
 
 
 def _check_finding(k: Knowledge, f: dict[str, Any], ptr: str, errors: list[FieldError]) -> dict[str, Any] | None:

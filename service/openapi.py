@@ -76,7 +76,9 @@ def build_spec() -> dict[str, Any]:
             "schema": "EvaluationRequest", "example": request_example}}},
         "responses": {
             "200": {"description": "The evaluation", "content": {"application/json": {
-                "schema": "EvaluationResponse", "example": response_example}}},
+                "schema": "EvaluationResponse", "example": response_example},
+                "application/fhir+json": {"schema": {  # with Accept: application/fhir+json
+                    "type": "object", "description": "The evaluation as a FHIR R4 GuidanceResponse"}}}},
             "400": _problem("The body is not valid JSON"),
             "413": _problem("The body is larger than the configured limit"),
             "415": _problem("The body is not application/json"),
@@ -111,11 +113,19 @@ def build_spec() -> dict[str, Any]:
         "operationId": "ready", "summary": "Readiness: rules loaded and a built-in case evaluates correctly",
         "responses": {
             "200": {"description": "Ready", "content": {"application/json": {"schema": "Health"}}},
-            "503": {"description": "Not ready", "content": {"application/json": {"schema": "Health"}}},
+            "503": {"description": "Not ready, or shutting down (status `draining`)",
+                    "content": {"application/json": {"schema": "Health"}}},
         }}})
+    spec.path(path="/metrics", operations={"get": {
+        "operationId": "metrics", "summary": "Prometheus metrics (text exposition format), summed over workers",
+        "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}})
     spec.path(path="/", operations={"get": {
         "operationId": "triagePage", "summary": "The triage nurse page (HTML, served by the service itself)",
         "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
+    from service.cds_hooks import openapi_paths  # GET /cds-services, POST /cds-services/{id}[/feedback]
+
+    for path, operations in openapi_paths().items():
+        spec.path(path=path, operations=operations)
     spec.path(path="/openapi.json", operations={"get": {
         "operationId": "openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3 document",

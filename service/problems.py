@@ -15,6 +15,7 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
 )
+from service.metrics import record_validation_errors
 
 log = logging.getLogger("service.errors")
 PROBLEM_JSON = "application/problem+json"
@@ -29,6 +30,8 @@ def register(app: Flask) -> None:
     def _service_error(err: ServiceError) -> Response:
         if err.status >= 500:
             log.error("request failed: %s", err.__class__.__name__)
+        elif err.status == 422:
+            record_validation_errors(err.errors)  # counted by reason; never the values
         return problem_response(err)
 
     @app.errorhandler(HTTPException)

@@ -55,9 +55,17 @@ class CodingSchema(StrictSchema):
 
 
 class FindingInputSchema(StrictSchema):
+    system = fields.String(
+        validate=validate.Length(1, 256),
+        metadata={"description": "Optional code system: `code` is then a code of that system (e.g. "
+                                 "http://snomed.info/sct or http://loinc.org) that GET /v1/findings lists for a "
+                                 "finding; urn:legpain-cds:finding takes the local codes",
+                  "example": "http://snomed.info/sct"},
+    )
     code = fields.String(
         required=True, validate=validate.Length(1, 64),
-        metadata={"description": "A finding code from GET /v1/findings", "example": "calf_tenderness"},
+        metadata={"description": "A finding code from GET /v1/findings (or, with `system`, a code of that system)",
+                  "example": "calf_tenderness"},
     )
     present = StrictBoolean(
         load_default=True,
@@ -89,14 +97,15 @@ class EvaluationRequestSchema(StrictSchema):
 
     @validates_schema
     def _no_duplicates(self, data, **kwargs):  # type: ignore[no-untyped-def]
-        seen: dict[str, int] = {}
+        seen: dict[tuple[str | None, str], int] = {}
         for i, f in enumerate(data.get("findings", [])):
-            if f["code"] in seen:
+            key = (f.get("system"), f["code"])
+            if key in seen:
                 raise ValidationError(
-                    f"Finding {f['code']!r} is given twice (also at index {seen[f['code']]}).",
+                    f"Finding {f['code']!r} is given twice (also at index {seen[key]}).",
                     field_name=f"findings.{i}.code",
                 )
-            seen[f["code"]] = i
+            seen[key] = i
 
 
 # --- response (documentation and test-time conformance) -------------------------------------
