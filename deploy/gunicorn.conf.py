@@ -11,7 +11,10 @@ import glob
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+
+from service.auth import exposure_problem
 
 # Prometheus multiprocess mode (service/metrics.py). The variable must be set before
 # prometheus_client is first imported, which the preloaded app does after this file is read;
@@ -25,6 +28,12 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_own_dir, ignore_errors=True))
 
 bind = os.environ.get("CDS_BIND", "127.0.0.1:8000")
+# Exposed beyond loopback, the service must not run open (service/auth.py): stop here, before
+# anything binds, with a message that says what to configure.
+_exposure = exposure_problem([bind], dict(os.environ))
+if _exposure:
+    sys.stderr.write(_exposure + "\n")
+    sys.exit(2)
 workers = int(os.environ.get("CDS_WORKERS", multiprocessing.cpu_count() + 1))
 worker_class = "sync"
 preload_app = True  # compile rules once; a broken rule set stops the master before forking

@@ -14,7 +14,7 @@ from service.config import load_config
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from service import api, health, logs, metrics, problems, ui  # metrics: after PROMETHEUS_MULTIPROC_DIR is set
+    from service import api, auth, health, logs, metrics, problems, ui  # metrics: after PROMETHEUS_MULTIPROC_DIR
     from service.cds_hooks import install as install_cds_hooks
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
@@ -27,9 +27,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["openapi"] = committed_spec_json()
     logs.init_app(app)  # request id and the JSON request line; first, so its before_request runs first
     metrics.init_app(app)  # GET /metrics and the request metrics
+    auth.init_app(app)  # API keys on /v1/ and security headers on every response
     problems.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
-    install_cds_hooks(app, knowledge)  # /cds-services: CDS Hooks, its JWT authentication and CORS
+    if str(app.config["HOOKS_ENABLED"]).lower() not in ("0", "false", "no"):
+        install_cds_hooks(app, knowledge)  # /cds-services: CDS Hooks, its JWT authentication and CORS
     return app

@@ -29,6 +29,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CDS_RULES_DIR"] = args.rules
     if args.bind:
         os.environ["CDS_BIND"] = args.bind
+    from service.auth import exposure_problem
+
+    problem = exposure_problem([os.environ.get("CDS_BIND", "127.0.0.1:8000")], dict(os.environ))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "service:create_app()"]
     # Bandit B606 excluded: a fixed argv (this interpreter, gunicorn, our config), nothing from input.
     os.execv(sys.executable, argv)  # nosec B606

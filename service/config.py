@@ -13,6 +13,11 @@ DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 _SETTINGS: dict[str, tuple[str, Any, Any]] = {
     "RULES_DIR": ("CDS_RULES_DIR", str(DEFAULT_RULES_DIR), str),
     "MAX_CONTENT_LENGTH": ("CDS_MAX_BODY_BYTES", 256 * 1024, int),
+    # Native API keys and exposure (service/auth.py)
+    "API_KEYS": ("CDS_API_KEYS", "", str),  # comma-separated keys (16-256 characters each)
+    "API_KEYS_FILE": ("CDS_API_KEYS_FILE", "", str),  # file: one key (or name=key) per line
+    "PROTECT_METRICS": ("CDS_PROTECT_METRICS", "false", str),  # true: /metrics needs an API key too
+    "HOOKS_ENABLED": ("CDS_HOOKS_ENABLED", "true", str),  # false: no /cds-services endpoints
     # CDS Hooks (service/cds_hooks.py, service/hooks_auth.py)
     "HOOKS_TRUSTED_ISSUERS": ("CDS_HOOKS_TRUSTED_ISSUERS", "", str),  # JSON {iss: JWKS path | JWKS}; empty: open
     "HOOKS_CORS_ORIGINS": ("CDS_HOOKS_CORS_ORIGINS", "", str),  # comma-separated EHR origins

@@ -44,7 +44,7 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
 # --- validators --------------------------------------------------------------------------------
@@ -244,3 +244,19 @@ def test_dashboard_is_importable_grafana_json():
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for topic in ("latency", "tier", "red flags", "validation", "feedback", "rule set"):
         assert topic in titles, topic
+
+
+def test_the_deployment_is_not_exposed_without_authentication(manifests):
+    """Bound to 0.0.0.0, the pod must carry API keys and trusted issuers, from a Secret the
+    operator creates (service/auth.py refuses to start otherwise)."""
+    from service.auth import exposure_problem
+
+    dep = manifests["Deployment"]
+    env = env_of(dep)
+    assert exposure_problem([env["CDS_BIND"]], {k: "set" for k in env}) is None
+    assert env["CDS_HOOKS_TRUSTED_ISSUERS"]["secretKeyRef"]["name"] == "legpain-cds-auth"
+    pod = dep["spec"]["template"]["spec"]
+    secret = next(v for v in pod["volumes"] if v["name"] == "auth")["secret"]
+    assert secret["secretName"] == "legpain-cds-auth"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "auth")
+    assert env["CDS_API_KEYS_FILE"].startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
