@@ -108,9 +108,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, workers: int | None) -> tuple[subprocess.Popen[bytes], float]:
+def start_server(port: int, workers: int | None, **extra: str) -> tuple[subprocess.Popen[bytes], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_")}
-    env.update({"CDS_BIND": f"127.0.0.1:{port}", "CDS_ACCESS_LOG": "/dev/null"})
+    env.update({"CDS_BIND": f"127.0.0.1:{port}", "CDS_ACCESS_LOG": "/dev/null", **extra})
     if workers:
         env["CDS_WORKERS"] = str(workers)
     t0 = time.monotonic()
