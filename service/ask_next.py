@@ -42,13 +42,15 @@ Impact = tuple[float, float]  # (urgency, differential)
 class _Plan:
     """One rule, read once: what ask_next needs of it on every request."""
 
-    __slots__ = ("gates", "leaves", "rule", "score")
+    __slots__ = ("all_groups", "all_leaves", "gates", "leaves", "rule", "score")
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self.leaves = rule.when.positive_leaves()
+        self.all_leaves = [i for i in rule.when.all if isinstance(i, Leaf)]
+        self.all_groups = [i for i in rule.when.all if isinstance(i, Group)]
         # Top-level `all` leaves on input findings: one known to fail rules the rule out at once.
-        self.gates = [i for i in rule.when.all if isinstance(i, Leaf) and i.kind == "finding"]
+        self.gates = [i for i in self.all_leaves if i.kind == "finding"]
         self.score = rule.then.score
 
 
@@ -63,6 +65,12 @@ class QuestionRanker:
         }
         self.plans = [_Plan(rule) for rule in k.rules]
         self.derivers = [p for p in self.plans if p.rule.then.derive]
+        # Per current tier: only the rules that could add credit, with their impact at hand.
+        self.candidates: dict[str, list[tuple[_Plan, float, float]]] = {
+            tier: [(p, *self.impact[p.rule.id][tier]) for p in self.plans
+                   if sum(self.impact[p.rule.id][tier]) > 0 or p.score]
+            for tier in TIER_RANK
+        }
         # score id -> the rules that test it (thresholds), for score items' worth
         self.thresholds: dict[str, list[tuple[Rule, list[Leaf]]]] = {}
         for rule in k.rules:
@@ -86,20 +94,19 @@ class QuestionRanker:
 
         gains: dict[str, tuple[list[float], list[float]]] = {}
         reasons: dict[str, list[str]] = {}
-        for plan in self.plans:
+        for plan, urgency, differential in self.candidates[tier]:
             rule = plan.rule
             if rule.id in fired:
                 continue
-            urgency, differential = self.impact[rule.id][tier]
             if plan.score:
                 cu, cd = self._crossing(plan.score, result.scores, fired, tier)
                 urgency, differential = urgency + cu, differential + cd
             if urgency + differential <= 0:
                 continue
-            needed = self._near_miss(plan, known, ctx)
-            if not needed:
+            assessed = _assess(plan, ctx)
+            if assessed is None:
                 continue
-            satisfied = sum(1 for leaf in plan.leaves if _leaf(leaf, ctx) is _TRUE)
+            needed, satisfied = assessed
             scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
             for code in needed:
                 u, d = gains.setdefault(code, ([], []))
@@ -136,12 +143,8 @@ class QuestionRanker:
     @staticmethod
     def _near_miss(plan: _Plan, known: dict[str, Fact], ctx: Any) -> frozenset[str] | None:
         """The unknown findings (one or two) that would fire this rule, or None."""
-        if any(g.key in known and not leaf_matches(g, known[g.key]) for g in plan.gates):
-            return None
-        if any(_leaf(leaf, ctx) is _TRUE for leaf in plan.rule.when.none):
-            return None
-        needed = _when(plan.rule, ctx)
-        return needed if needed and len(needed) <= MAX_UNKNOWN_PER_RULE else None
+        assessed = _assess(plan, ctx)
+        return assessed[0] if assessed else None
 
     def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> Impact:
         """Worth of a score item: the impact of the unfired threshold rules its points would satisfy."""
@@ -202,6 +205,45 @@ def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
     return _TRUE if compare(value, leaf.op, leaf.value) else None
 
 
+def _assess(plan: _Plan, ctx: Any) -> tuple[frozenset[str], int] | None:
+    """A near miss: (the one or two unknown findings that would fire the rule, how many of its
+    tests already hold), or None. One pass, leaving at the first test known to fail, or as soon
+    as more than two findings would be needed: most rules leave at their first test."""
+    known = ctx[0]
+    for g in plan.gates:  # cheapest: a known input finding that fails
+        fact = known.get(g.key)
+        if fact is not None and not leaf_matches(g, fact):
+            return None
+    rule = plan.rule
+    for leaf in rule.when.none:
+        if _leaf(leaf, ctx) is _TRUE:
+            return None
+    needed: set[str] = set()
+    satisfied = 0
+    for leaf in plan.all_leaves:
+        r = _leaf(leaf, ctx)
+        if r is None:
+            return None
+        if r:
+            needed |= r
+            if len(needed) > MAX_UNKNOWN_PER_RULE:
+                return None
+        else:
+            satisfied += 1
+    nested = list(plan.all_groups)
+    if rule.when.any:
+        nested.append(Group("any", rule.when.any))
+    for group in nested:
+        r = _group(group.mode, group.items, ctx)
+        if r is None:
+            return None
+        needed |= r
+        satisfied += sum(1 for leaf in group.leaves() if _leaf(leaf, ctx) is _TRUE)
+    if not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
+        return None
+    return frozenset(needed), satisfied
+
+
 def _group(mode: str, items: tuple[Leaf | Group, ...], ctx: Any) -> frozenset[str] | None:
     results = [_group(i.mode, i.items, ctx) if isinstance(i, Group) else _leaf(i, ctx) for i in items]
     if mode == "all":
@@ -212,14 +254,3 @@ def _group(mode: str, items: tuple[Leaf | Group, ...], ctx: Any) -> frozenset[st
     if not options:
         return None
     return min(options, key=lambda r: (len(r), sorted(r)))
-
-
-def _when(rule: Rule, ctx: Any) -> frozenset[str] | None:
-    parts = []
-    if rule.when.all:
-        parts.append(_group("all", rule.when.all, ctx))
-    if rule.when.any:
-        parts.append(_group("any", rule.when.any, ctx))
-    if any(p is None for p in parts):
-        return None
-    return frozenset().union(*parts)
