@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,13 +23,12 @@ import requests
 from service.cases import compare
 from service.config import DEFAULT_RULES_DIR
 from service.loader import load_knowledge
+from tests.ops_support import GUNICORN, ROOT, free_port, port_answers
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 MINI_RULES = ROOT / "tests" / "fixtures" / "mini_rules"
 EXAMPLE_REQUEST = ROOT / "openapi" / "example-request.json"
-GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "service:create_app()"]
 MAX_BODY = 65536
 START_TIMEOUT = 30.0
 TIERS = {"emergency", "urgent", "soon", "routine"}
@@ -49,20 +47,6 @@ BROKEN_RULE = """
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def server_env(port: int, **extra: str) -> dict[str, str]:
