@@ -44,7 +44,12 @@ def register(app: Flask) -> None:
                 405: "This method is not allowed here.",
                 413: f"The body is larger than the limit of {app.config['MAX_CONTENT_LENGTH']} bytes.",
             }[err.code or 500]
-            return problem_response(cls(detail))
+            resp = problem_response(cls(detail))
+            if err.code == 405:  # RFC 9110: a 405 says which methods the resource allows
+                allow = dict(err.get_headers()).get("Allow")
+                if allow:
+                    resp.headers["Allow"] = allow
+            return resp
         body = {
             "type": PROBLEM_BASE + "http-error",
             "title": err.name,

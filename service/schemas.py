@@ -75,7 +75,7 @@ class FindingInputSchema(StrictSchema):
     value = NumberOrChoice(metadata={
         "description": "Number findings: the measured value, in the finding's unit. "
                        "Choice findings: one of its choices.",
-        "oneOf": [{"type": "number"}, {"type": "string"}],
+        "oneOf": [{"type": "number"}, {"type": "string", "minLength": 1, "maxLength": 64}],
     })
     unit = fields.String(
         validate=validate.Length(1, 32),
