@@ -98,13 +98,13 @@ class QuestionRanker:
             rule = plan.rule
             if rule.id in fired:
                 continue
+            assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
+            if assessed is None:
+                continue
             if plan.score:
                 cu, cd = self._crossing(plan.score, result.scores, fired, tier)
                 urgency, differential = urgency + cu, differential + cd
             if urgency + differential <= 0:
-                continue
-            assessed = _assess(plan, ctx)
-            if assessed is None:
                 continue
             needed, satisfied = assessed
             scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
