@@ -228,3 +228,13 @@ def test_not_indicated_never_overrides_an_urgent_test(not_indicated_client, code
     assert [t["test"] for t in body["tests_not_indicated"]] == not_indicated
     if not_indicated:
         assert body["tests_not_indicated"][0]["reason"] == "Not for a simple A."
+
+
+@pytest.mark.parametrize("depth", [100, 2000])
+def test_deeply_nested_json_is_refused_cleanly(mini_client, depth):
+    """orjson refuses nesting past 1024 levels (400); below that the schema refuses the shape
+    (422). Never a 500, never a recursion error."""
+    body = '{"findings": [], "encounter_id": ' + "[" * depth + "]" * depth + "}"
+    resp = mini_client.post("/v1/evaluations", data=body, content_type="application/json")
+    assert resp.status_code == (400 if depth > 1024 else 422)
+    assert resp.mimetype == "application/problem+json"
