@@ -186,10 +186,6 @@ def convert(value: float, source: str, target: str) -> float | None:
     return round(value * s[1] / t[1], 6)
 
 
-def supported_units() -> list[str]:
-    return sorted([*_UNITS, *_TEMPERATURES])
-
-
 # --- dates ---------------------------------------------------------------------------------
 
 _DATETIME = re.compile(

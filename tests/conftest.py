@@ -13,6 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 MINI_RULES = ROOT / "tests" / "fixtures" / "mini_rules"
 
 
+def mini_rules_with(target: Path, extra_rules: str = "") -> Path:
+    """A copy of the mini rule set at `target`, with `extra_rules` (YAML list items) appended
+    to domains/mini.yaml."""
+    import shutil
+
+    shutil.copytree(MINI_RULES, target)
+    path = target / "domains" / "mini.yaml"
+    path.write_text(path.read_text() + extra_rules)
+    return target
+
+
 @pytest.fixture(scope="session")
 def knowledge():
     return load_knowledge(DEFAULT_RULES_DIR)

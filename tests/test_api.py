@@ -201,15 +201,10 @@ NOT_INDICATED_RULES = """
 
 @pytest.fixture(scope="module")
 def not_indicated_client(tmp_path_factory):
-    import shutil
-
     from service import create_app
-    from tests.conftest import MINI_RULES
+    from tests.conftest import mini_rules_with
 
-    target = tmp_path_factory.mktemp("ni") / "rules"
-    shutil.copytree(MINI_RULES, target)
-    path = target / "domains" / "mini.yaml"
-    path.write_text(path.read_text() + NOT_INDICATED_RULES)
+    target = mini_rules_with(tmp_path_factory.mktemp("ni") / "rules", NOT_INDICATED_RULES)
     return create_app({"RULES_DIR": str(target)}).test_client()
 
 

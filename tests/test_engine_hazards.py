@@ -297,15 +297,10 @@ NESTED = """
 
 @pytest.fixture(scope="module")
 def nested_engine(tmp_path_factory):
-    import shutil
-
     from service.loader import load_knowledge
+    from tests.conftest import mini_rules_with
 
-    target = tmp_path_factory.mktemp("nested") / "rules"
-    shutil.copytree(MINI_RULES, target)
-    path = target / "domains" / "mini.yaml"
-    path.write_text(path.read_text() + NESTED)
-    return Engine(load_knowledge(target))
+    return Engine(load_knowledge(mini_rules_with(tmp_path_factory.mktemp("nested") / "rules", NESTED)))
 
 
 @pytest.mark.parametrize(

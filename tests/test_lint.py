@@ -11,7 +11,7 @@ import pytest
 from service.evaluation import Evaluator
 from service.lint import lint
 from service.loader import load_knowledge
-from tests.conftest import MINI_RULES
+from tests.conftest import MINI_RULES, mini_rules_with
 
 RULE = """
   - id: mini.probe
@@ -26,10 +26,7 @@ RULE = """
 
 
 def lint_with(tmp_path: Path, when: str, then: str = "{tier: soon}", sources_dir: Path | None = None):
-    target = tmp_path / "rules"
-    shutil.copytree(MINI_RULES, target)
-    path = target / "domains" / "mini.yaml"
-    path.write_text(path.read_text() + RULE.replace("{when}", when).replace("{then}", then))
+    target = mini_rules_with(tmp_path / "rules", RULE.replace("{when}", when).replace("{then}", then))
     return lint(Evaluator(load_knowledge(target)), sources_dir=sources_dir)
 
 
