@@ -51,6 +51,9 @@ def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     for t in expect.get("not_indicated_include", []):
         if t not in not_indicated:
             failures.append(f"test {t} not marked as not indicated")
+    for t in expect.get("not_indicated_exclude", []):
+        if t in not_indicated:
+            failures.append(f"test {t} marked as not indicated but must not be")
     flags = {f["code"] for f in answer["red_flags"]}
     for f in expect.get("red_flags_include", []):
         if f not in flags:
@@ -59,6 +62,9 @@ def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     for a in expect.get("advice_include", []):
         if a not in advice:
             failures.append(f"advice {a} not given")
+    for a in expect.get("advice_exclude", []):
+        if a in advice:
+            failures.append(f"advice {a} given but must not be")
     return failures
 
 

@@ -770,7 +770,7 @@ def _check_scores(rules: list[Rule], ctx: _Catalogues, col: _Collector) -> None:
 
 _EXPECT_KEYS = {
     "tier", "top3", "tests_include", "tests_exclude", "not_indicated_include", "red_flags_include", "absent",
-    "advice_include",
+    "advice_include", "advice_exclude", "not_indicated_exclude",
 }
 
 
