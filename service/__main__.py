@@ -78,6 +78,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
+    from service.case_scores import BLIND_DIR, load_blind_cases, rule_side_cases, score_folder
     from service.cases import run_cases
 
     evaluator = _evaluator(args.rules)
@@ -86,7 +87,32 @@ def cmd_cases(args: argparse.Namespace) -> int:
         for f in failures:
             print(f"FAIL {case_id}: {f}")
     print(report.summary(len(evaluator.knowledge.rules)))
-    return 1 if report.failures or report.total == 0 else 0
+    status = 1 if report.failures or report.total == 0 else 0
+
+    # Validation figures per folder; the blind folder is scored, not pass/fail, except that an
+    # under-triaged emergency anywhere fails the run (issue 12).
+    rules_dir = args.rules or os.environ.get("CDS_RULES_DIR") or "rules"
+    folders = [("cases/", rule_side_cases(evaluator))]
+    blind = load_blind_cases(rules_dir)
+    if blind:
+        folders.append((f"{BLIND_DIR}/", blind))
+    for name, cases in folders:
+        score = score_folder(evaluator, name, cases)
+        print("\n".join(score.lines()))
+        if args.verbose:
+            for label, items in (("not evaluable", [f"{k}: {v}" for k, v in score.invalid.items()]),
+                                 ("under-triage", score.under), ("over-triage", score.over),
+                                 ("forbidden test given", score.forbidden_given),
+                                 ("red flag expected, none raised", score.red_flag_misses)):
+                for item in items:
+                    print(f"    {label}: {item}")
+        for cid in score.under_emergency:
+            print(f"FAIL {name}{cid}: an emergency answered below emergency")
+            status = 1
+        if name != "cases/" and args.min_blind_exact is not None and score.exact_rate() < args.min_blind_exact:
+            print(f"FAIL {name}: tier exact {score.exact_rate():.0%} is below {args.min_blind_exact:.0%}")
+            status = 1
+    return status
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -118,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file")
     p.set_defaults(func=cmd_evaluate)
     sub.add_parser("lint", help="validate the rule set; non-zero exit on any error").set_defaults(func=cmd_lint)
-    sub.add_parser("cases", help="run every clinical case; non-zero exit on any failure").set_defaults(func=cmd_cases)
+    p = sub.add_parser("cases", help="run every clinical case; non-zero exit on any failure")
+    p.add_argument("--verbose", "-v", action="store_true", help="list each blind case under- or over-triaged")
+    p.add_argument("--min-blind-exact", type=float, default=None,
+                   help="also fail when the blind folder's exact tier rate is below this fraction (e.g. 0.9)")
+    p.set_defaults(func=cmd_cases)
     p = sub.add_parser("openapi", help="print, --write or --check openapi/openapi.yaml")
     p.add_argument("--write", action="store_true")
     p.add_argument("--check", action="store_true")
