@@ -85,7 +85,8 @@ class FolderScore:
             f"  top-3 hits {self.rate(self.top3_hits, self.top3_expected)};"
             f" listed anywhere {self.rate(self.anywhere_hits, self.anywhere_expected)}",
             f"  required tests {self.rate(self.tests_required_given, self.tests_required)};"
-            f" forbidden tests given {len(self.forbidden_given)}; expected red flag missing {len(self.red_flag_misses)}",
+            f" forbidden tests given {len(self.forbidden_given)};"
+            f" expected red flag missing {len(self.red_flag_misses)}",
             f"  unexpressible facts {self.unexpressible}",
         ]
 
