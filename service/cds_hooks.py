@@ -40,6 +40,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.errors import ServiceError
 from service.evaluation import Evaluator
+from service.fhir_ids import has_dot_segment, is_fhir_id
 from service.fhir_mapping import FhirInputError, Mapped, map_prefetch, prefetch_code_filter
 from service.fhir_out import (
     EXTENSION_RULESET,
@@ -60,12 +61,12 @@ SERVICE_ID = "leg-pain-triage"
 HOOKS = ("patient-view", "encounter-start")
 PREFETCH_KEYS = ("patient", "observations", "conditions")
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]+$")
-_USER_ANY = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]+$")
-_USER_CLINICIAN = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]+$")
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]+$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+# Every pattern is full-matched (re.fullmatch): `$` alone also matches before a trailing newline.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_USER_ANY = re.compile(r"(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}")
+_USER_CLINICIAN = re.compile(r"(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}")
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 # --- errors: every one leaves as an OperationOutcome ---------------------------------------
@@ -205,7 +206,7 @@ class FhirFetcher:
         entries = list(bundle.get("entry") or [])
         page, pages = bundle, 1
         while (nxt := next_link(page)) is not None:
-            if not nxt.startswith(base.rstrip("/") + "/"):
+            if not nxt.startswith(base.rstrip("/") + "/") or has_dot_segment(urllib.parse.urlsplit(nxt).path):
                 raise FetchError("next link outside the FHIR server")
             if pages >= self.max_pages:
                 raise FetchError("too many pages")
@@ -372,7 +373,7 @@ def validate_request(body: Any) -> list[tuple[str, str]]:
             errs.append((key, "is required"))
     if "hook" in body and not _is_str(body["hook"]):
         errs.append(("hook", "must be a non-empty string"))
-    if "hookInstance" in body and not (isinstance(body["hookInstance"], str) and _UUID.match(body["hookInstance"])):
+    if "hookInstance" in body and not (isinstance(body["hookInstance"], str) and _UUID.fullmatch(body["hookInstance"])):
         errs.append(("hookInstance", "must be a UUID"))
     server = body.get("fhirServer")
     if "fhirServer" in body:
@@ -409,7 +410,7 @@ def validate_request(body: Any) -> list[tuple[str, str]]:
                 if value is None:
                     continue
                 if not isinstance(value, dict) or not (isinstance(value.get("resourceType"), str)
-                                                       and _RESOURCE_TYPE.match(value["resourceType"])):
+                                                       and _RESOURCE_TYPE.fullmatch(value["resourceType"])):
                     errs.append((f"prefetch.{key}", "must be a FHIR resource (with resourceType) or null"))
     if "extension" in body and not (isinstance(body["extension"], dict) and body["extension"]):
         errs.append(("extension", "must be a non-empty object"))
@@ -423,13 +424,14 @@ def validate_context(hook: str, context: dict[str, Any]) -> list[tuple[str, str]
     for key in required:
         if key not in context:
             errs.append((f"context.{key}", f"is required for {hook}"))
-    if "userId" in context and not (isinstance(context["userId"], str) and user.match(context["userId"])):
+    if "userId" in context and not (isinstance(context["userId"], str) and user.fullmatch(context["userId"])):
         kinds = "Practitioner or PractitionerRole" if hook == "encounter-start" else \
             "Practitioner, PractitionerRole, Patient or RelatedPerson"
         errs.append(("context.userId", f"must be a reference to a {kinds} (e.g. Practitioner/123)"))
     for key in ("patientId", "encounterId"):
-        if key in context and not (isinstance(context[key], str) and _FHIR_ID.match(context[key])):
-            errs.append((f"context.{key}", "must be a FHIR id"))
+        if key in context and not is_fhir_id(context[key]):
+            # Checked before anything is fetched: patientId goes into the FHIR server's URL.
+            errs.append((f"context.{key}", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .; not '.' or '..')"))
     return errs
 
 
@@ -485,6 +487,8 @@ def _fetch(settings: HooksSettings, key: str, server: str, body: dict[str, Any],
     if token is None:  # can_fetch checked fhirAuthorization, and validation its access_token
         raise FetchError("no access token to read the FHIR server with")
     base = server.rstrip("/")
+    if not is_fhir_id(patient_id):  # validate_context refused it already; never build a URL from one
+        raise FetchError("patientId is not a FHIR id")
     if isinstance(given, dict) and given.get("resourceType") == "Bundle" and next_link(given) is not None:
         return settings.fetcher.complete(base, given, token)
     relative = settings.templates[key].replace("{{context.patientId}}", urllib.parse.quote(patient_id, safe=""))
@@ -558,7 +562,7 @@ def validate_feedback(body: Any) -> list[tuple[str, str]]:
         if item.get("outcome") not in ("accepted", "overridden"):
             errs.append((f"{p}.outcome", "must be 'accepted' or 'overridden'"))
         ts = item.get("outcomeTimestamp")
-        if not (isinstance(ts, str) and _RFC3339.match(ts) and _valid_datetime(ts)):
+        if not (isinstance(ts, str) and _RFC3339.fullmatch(ts) and _valid_datetime(ts)):
             errs.append((f"{p}.outcomeTimestamp", "is required (an RFC 3339 date-time, e.g. 2025-01-02T14:05:31Z)"))
         if "acceptedSuggestions" in item:
             sug = item["acceptedSuggestions"]

@@ -44,9 +44,10 @@ from service.knowledge import (
     When,
 )
 
-CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-RULE_ID_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
-SOURCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Full-matched (re.fullmatch): "$" alone also accepts a trailing newline.
+CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+RULE_ID_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
+SOURCE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 TOPICS = ("pain", "red_flags", "swelling_skin", "nerves", "circulation", "history", "measurements")
 PATIENT_ATTRS = ("age", "sex")
 # The engine compares numbers it receives as JSON text; it rejects exponent notation, so
@@ -248,7 +249,7 @@ def _str(item: dict[str, Any], key: str, col: _Collector, what: str, required: b
 
 def _code(item: dict[str, Any], key: str, col: _Collector, what: str, seen: set[str]) -> str | None:
     code = item.get(key)
-    if not isinstance(code, str) or not CODE_RE.match(code):
+    if not isinstance(code, str) or not CODE_RE.fullmatch(code):
         col.add(f"{what}: '{key}' {code!r} must be lower-case snake_case")
         return None
     if code in seen:
@@ -301,7 +302,7 @@ def _load_sources(doc: Any, col: _Collector) -> dict[str, Source]:
     out: dict[str, Source] = {}
     for item in _items(doc, "sources", col):
         sid = item.get("id")
-        if not isinstance(sid, str) or not SOURCE_ID_RE.match(sid):
+        if not isinstance(sid, str) or not SOURCE_ID_RE.fullmatch(sid):
             col.add(f"source id {sid!r} is not valid")
             continue
         if sid in out:
@@ -346,7 +347,7 @@ def _load_vocabulary(doc: Any, sources: dict[str, Source], col: _Collector):  # 
                 col.add(f"{what}: a number finding needs a UCUM 'unit'")
         elif ftype == "choice":
             raw = item.get("choices")
-            if not (isinstance(raw, list) and raw and all(isinstance(c, str) and CODE_RE.match(c) for c in raw)):
+            if not (isinstance(raw, list) and raw and all(isinstance(c, str) and CODE_RE.fullmatch(c) for c in raw)):
                 col.add(f"{what}: a choice finding needs 'choices', a list of snake_case values")
             else:
                 choices = tuple(raw)
@@ -473,7 +474,7 @@ def _load_domain(doc: Any, rel: str, ctx: _Catalogues, col: _Collector) -> list[
     for i, item in enumerate(_items(doc, "rules", col)):
         rid = item.get("id")
         col.rule_id = rid if isinstance(rid, str) else f"rules[{i}]"
-        if not isinstance(rid, str) or not RULE_ID_RE.match(rid):
+        if not isinstance(rid, str) or not RULE_ID_RE.fullmatch(rid):
             col.add(f"rule id {rid!r} must be dotted lower-case, e.g. dvt.wells.calf_swelling")
             continue
         try:
