@@ -52,10 +52,11 @@ max_requests = 0  # memory is flat (every engine session is deleted); no recycli
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
-# Access log: method, path without query string, status, size, duration. Never bodies.
-# The service also writes its own JSON line per request (service/logs.py); CDS_ACCESS_LOG=off
-# turns this text log off (the container does).
-_access = os.environ.get("CDS_ACCESS_LOG", "-")
+# gunicorn's text access log is OFF unless CDS_ACCESS_LOG names a target: its %(U)s is the raw
+# path, and a path can carry a patient identifier (GET /v1/rules/MRN-...) or an encoded line
+# break. The service writes its own JSON line per request with the route template instead
+# (service/logs.py). Turning it on (CDS_ACCESS_LOG=-) logs raw paths: local debugging only.
+_access = os.environ.get("CDS_ACCESS_LOG", "off")
 accesslog = None if _access.lower() in ("", "off", "none") else _access
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
