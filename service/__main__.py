@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from service.config import load_config
-from service.errors import RuleLoadError, ServiceError
+from service.errors import RuleLoadError, ServiceError, StartupRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,9 +29,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CDS_RULES_DIR"] = args.rules
     if args.bind:
         os.environ["CDS_BIND"] = args.bind
-    from service.auth import exposure_problem
+    from service.exposure import binds_of, exposure_problem
 
-    problem = exposure_problem([os.environ.get("CDS_BIND", "127.0.0.1:8000")], dict(os.environ))
+    config = load_config()
+    problem = exposure_problem(binds_of(config["BIND"]), config)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuleLoadError as exc:
         print(f"rule set failed to load; refusing to continue.\n{exc.detail}", file=sys.stderr)
         return 3
+    except StartupRefused as exc:  # configuration (keys, issuers, base URL): one line saying what to set
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
