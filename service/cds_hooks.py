@@ -50,7 +50,7 @@ from service.fhir_out import (
     cards_for,
     operation_outcome,
 )
-from service.hooks_auth import AuthenticationFailed, Authenticator, load_issuers
+from service.hooks_auth import AuthenticationFailed, Authenticator, HooksConfigError, load_issuers
 from service.knowledge import Knowledge
 
 log = logging.getLogger("service.cds_hooks")
@@ -280,17 +280,38 @@ def discovery_document(k: Knowledge, templates: dict[str, str]) -> dict[str, Any
 
 
 
+def public_base_url(raw: Any, *, required: bool) -> str | None:
+    """CDS_HOOKS_BASE_URL, the public base URL that a JWT's `aud` must name. Required whenever
+    issuers are configured: the audience is never derived from the request (its Host header is
+    the caller's to choose, so a token minted for another service could be replayed here with a
+    matching Host). HooksConfigError (one line) when missing or not a plain http(s) base URL."""
+    value = str(raw or "").strip().rstrip("/")
+    if not value:
+        if required:
+            raise HooksConfigError("CDS_HOOKS_BASE_URL must be set when CDS_HOOKS_TRUSTED_ISSUERS is set: it is the "
+                                   "public base URL (e.g. https://cds.example.org) that every JWT's aud is checked "
+                                   "against; the request's Host header is never used")
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment \
+            or "@" in parts.netloc or any(c.isspace() for c in value):
+        raise HooksConfigError(f"CDS_HOOKS_BASE_URL {value!r} must be an absolute http(s) URL without user, "
+                               "query or fragment (e.g. https://cds.example.org)")
+    return value
+
+
 def install(app: Flask, knowledge: Knowledge) -> None:
     """Register the blueprint, its authentication, CORS and settings (from app.config)."""
     cfg = app.config
     issuers = load_issuers(cfg.get("HOOKS_TRUSTED_ISSUERS"))  # raises: the service must not start
+    base_url = public_base_url(cfg.get("HOOKS_BASE_URL"), required=bool(issuers))
     settings = HooksSettings(
         auth=Authenticator(issuers, leeway=int(cfg.get("HOOKS_JWT_LEEWAY", 30)),
                            max_lifetime=int(cfg.get("HOOKS_JWT_MAX_LIFETIME", 3600)),
                            replay_cache_size=int(cfg.get("HOOKS_REPLAY_CACHE_SIZE", 100_000))),
         fetcher=FhirFetcher(_list(cfg.get("HOOKS_FHIR_SERVERS")), timeout=float(cfg.get("HOOKS_FHIR_TIMEOUT", 5))),
         cors_origins=_list(cfg.get("HOOKS_CORS_ORIGINS")),
-        base_url=(str(cfg.get("HOOKS_BASE_URL") or "").rstrip("/") or None),
+        base_url=base_url,
         max_body=int(cfg.get("HOOKS_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         observation_max_age_days=int(cfg.get("HOOKS_OBSERVATION_MAX_AGE_DAYS", 7)),
     )
@@ -316,7 +337,10 @@ def _before() -> None:
     request.max_content_length = settings.max_body
     if request.method == "OPTIONS" or not settings.auth.enabled:
         return
-    base = settings.base_url or request.root_url.rstrip("/")
+    # Never the request's own URL: its host comes from the caller (install requires base_url).
+    base = settings.base_url
+    if base is None:
+        raise HookUnauthorized("Unauthorized")
     audiences = [base + request.path]
     if request.endpoint == "cds_hooks.feedback":  # feedback: its own URL or the service's
         audiences.append(base + f"/cds-services/{SERVICE_ID}")
