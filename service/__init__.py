@@ -21,6 +21,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
     from service.openapi import committed_spec_json
+    from service.self_check import run_self_check
 
     app = Flask(__name__, static_folder=None)  # the page's assets are under /ui/static
     app.config.update(load_config(config))
@@ -31,6 +32,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["evaluator"] = Evaluator(knowledge)
     app.extensions["openapi"] = committed_spec_json()
     logs.init_app(app)  # request id and the JSON request line; first, so its before_request runs first
+    run_self_check(app.extensions["evaluator"])  # raises: cases that must pass at every start (rules/README.md)
     metrics.init_app(app)  # GET /metrics and the request metrics
     auth.init_app(app)  # API keys on /v1/ and security headers on every response
     problems.register(app)
