@@ -14,10 +14,7 @@ import glob
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
-
-from service.auth import exposure_problem
 
 # Prometheus multiprocess mode (service/metrics.py). The variable must be set before
 # prometheus_client is first imported, which the preloaded app does after this file is read;
@@ -30,13 +27,10 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # workers inherit this handler and must leave the directory alone.
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_own_dir, ignore_errors=True))
 
-bind = os.environ.get("CDS_BIND", "127.0.0.1:8000")
-# Exposed beyond loopback, the service must not run open (service/auth.py): stop here, before
-# anything binds, with a message that says what to configure.
-_exposure = exposure_problem([bind], dict(os.environ))
-if _exposure:
-    sys.stderr.write(_exposure + "\n")
-    sys.exit(2)
+bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8000").split(",") if b.strip()]
+# Exposed beyond loopback, the service must not run open (service/exposure.py). Not checked
+# here: `-b` on the command line and GUNICORN_CMD_ARGS override this file after it is read, so
+# only the hooks below see the final addresses.
 workers = int(os.environ.get("CDS_WORKERS", multiprocessing.cpu_count() + 1))
 worker_class = os.environ.get("CDS_WORKER_CLASS", "gthread")  # gthread | sync: see the docstring
 threads = int(os.environ.get("CDS_THREADS", "1" if worker_class == "sync" else "4"))
@@ -52,10 +46,11 @@ max_requests = 0  # memory is flat (every engine session is deleted); no recycli
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
-# Access log: method, path without query string, status, size, duration. Never bodies.
-# The service also writes its own JSON line per request (service/logs.py); CDS_ACCESS_LOG=off
-# turns this text log off (the container does).
-_access = os.environ.get("CDS_ACCESS_LOG", "-")
+# gunicorn's text access log is OFF unless CDS_ACCESS_LOG names a target: its %(U)s is the raw
+# path, and a path can carry a patient identifier (GET /v1/rules/MRN-...) or an encoded line
+# break. The service writes its own JSON line per request with the route template instead
+# (service/logs.py). Turning it on (CDS_ACCESS_LOG=-) logs raw paths: local debugging only.
+_access = os.environ.get("CDS_ACCESS_LOG", "off")
 accesslog = None if _access.lower() in ("", "off", "none") else _access
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
@@ -67,12 +62,33 @@ control_socket_disable = True
 loglevel = os.environ.get("CDS_LOG_LEVEL", "info")
 
 
+def _refuse_if_exposed(binds):
+    """Raise (gunicorn prints "Error: <message>" and exits 1) when these binds are beyond loopback
+    and the configuration gives no API key or no trusted issuer. Read from the environment as
+    the app reads it, after gunicorn applied any `--env` settings."""
+    from service.config import load_config
+    from service.exposure import refuse_if_exposed
+
+    refuse_if_exposed(binds, load_config())
+
+
 def on_starting(server):
-    """Empty the metrics directory: samples of a previous run must not be summed in."""
+    """Refuse an exposed and open start before anything binds: server.cfg.bind is final here
+    (config file, command line and GUNICORN_CMD_ARGS merged). Then empty the metrics directory:
+    samples of a previous run must not be summed in."""
+    _refuse_if_exposed(server.cfg.bind)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for f in glob.glob(os.path.join(path, "*.db")):  # only prometheus_client's files
         os.remove(f)
+
+
+def when_ready(server):
+    """Check again against the sockets really listening, before any worker is started: systemd
+    socket activation and inherited descriptors (fd://) bypass the bind setting."""
+    from service.exposure import socket_bind
+
+    _refuse_if_exposed([socket_bind(listener.sock) for listener in server.LISTENERS])
 
 
 def child_exit(server, worker):

@@ -1,7 +1,8 @@
 """Leg-pain clinical decision support: a stateless Flask service over a durable-rules rule set.
 
 `create_app` loads and compiles the rule set once; a rule set that does not load raises
-`RuleLoadError`, so neither the app nor gunicorn starts (fail closed).
+`RuleLoadError`, so neither the app nor gunicorn starts (fail closed). It also refuses to be
+served beyond loopback (`CDS_BIND`) without authentication (`service/exposure.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from flask import Flask
 
 from service.config import load_config
+from service.exposure import binds_of, refuse_if_exposed
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -19,13 +21,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
     from service.openapi import committed_spec_json
+    from service.self_check import run_self_check
 
     app = Flask(__name__, static_folder=None)  # the page's assets are under /ui/static
     app.config.update(load_config(config))
+    # Before anything else: served beyond loopback (CDS_BIND) without a parsed API key and
+    # issuer, the factory itself refuses, whatever WSGI server calls it (service/exposure.py).
+    refuse_if_exposed(binds_of(app.config["BIND"]), app.config)
     knowledge = load_knowledge(app.config["RULES_DIR"])  # raises: the service must not start
     app.extensions["evaluator"] = Evaluator(knowledge)
     app.extensions["openapi"] = committed_spec_json()
     logs.init_app(app)  # request id and the JSON request line; first, so its before_request runs first
+    run_self_check(app.extensions["evaluator"])  # raises: cases that must pass at every start (rules/README.md)
     metrics.init_app(app)  # GET /metrics and the request metrics
     auth.init_app(app)  # API keys on /v1/ and security headers on every response
     problems.register(app)

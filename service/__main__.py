@@ -9,16 +9,23 @@ import sys
 from pathlib import Path
 
 from service.config import load_config
-from service.errors import RuleLoadError, ServiceError
+from service.errors import RuleLoadError, ServiceError, StartupRefused
+from service.self_check import SelfCheckError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _evaluator(rules_dir: str | None):  # type: ignore[no-untyped-def]
+def _evaluator(rules_dir: str | None, *, self_check: bool = True):  # type: ignore[no-untyped-def]
+    """The loaded rule set. With `self_check` (serve, evaluate) its self-check cases must pass
+    first (service/self_check.py); lint and cases report failing cases themselves."""
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
+    from service.self_check import run_self_check
 
-    return Evaluator(load_knowledge(rules_dir or load_config()["RULES_DIR"]))
+    evaluator = Evaluator(load_knowledge(rules_dir or load_config()["RULES_DIR"]))
+    if self_check:
+        run_self_check(evaluator)
+    return evaluator
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -29,9 +36,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CDS_RULES_DIR"] = args.rules
     if args.bind:
         os.environ["CDS_BIND"] = args.bind
-    from service.auth import exposure_problem
+    from service.exposure import binds_of, exposure_problem
 
-    problem = exposure_problem([os.environ.get("CDS_BIND", "127.0.0.1:8000")], dict(os.environ))
+    config = load_config()
+    problem = exposure_problem(binds_of(config["BIND"]), config)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -62,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_lint(args: argparse.Namespace) -> int:
     from service.lint import lint
 
-    evaluator = _evaluator(args.rules)
+    evaluator = _evaluator(args.rules, self_check=False)
     errors, warnings = lint(evaluator)
     for w in warnings:
         print(f"warning: {w}")
@@ -81,7 +89,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
     from service.case_scores import BLIND_DIR, load_blind_cases, rule_side_cases, score_folder
     from service.cases import run_cases
 
-    evaluator = _evaluator(args.rules)
+    evaluator = _evaluator(args.rules, self_check=False)
     report = run_cases(evaluator)
     for case_id, failures in report.failures.items():
         for f in failures:
@@ -156,9 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except SelfCheckError as exc:
+        print(f"rule set failed its start-up self-check; refusing to continue.\n{exc.detail}", file=sys.stderr)
+        return 3
     except RuleLoadError as exc:
         print(f"rule set failed to load; refusing to continue.\n{exc.detail}", file=sys.stderr)
         return 3
+    except StartupRefused as exc:  # configuration (keys, issuers, base URL): one line saying what to set
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""API keys for the native API, security headers, and the refusal to run exposed and open.
+"""API keys for the native API, and security headers. (The refusal to run exposed and open is
+service/exposure.py.)
 
 Keys come from `CDS_API_KEYS` (comma-separated) and/or `CDS_API_KEYS_FILE` (one key per
 line, `#` comments; `name=key` names a client for the logs). Only SHA-256 digests are kept in
@@ -15,14 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 from pathlib import Path
-from typing import Any
 
 from flask import Flask, Response, g, request
 
-from service.errors import ServiceError
+from service.errors import ServiceError, StartupRefused
 
 log = logging.getLogger("service.auth")
 HEADER = "X-API-Key"
@@ -30,7 +29,7 @@ MAX_KEY_LENGTH = 256
 MIN_KEY_LENGTH = 16
 
 
-class AuthConfigError(Exception):
+class AuthConfigError(StartupRefused):
     """The auth configuration is unusable: the service must not start."""
 
 
@@ -137,38 +136,3 @@ def init_app(app: Flask) -> None:
         if resp.status_code == 401:
             h.setdefault("WWW-Authenticate", f'ApiKey header="{HEADER}"')
         return resp
-
-
-def is_loopback(bind: str) -> bool:
-    """True for a gunicorn bind on loopback or a unix socket."""
-    if bind.startswith("unix:") or bind.startswith("fd://"):
-        return True
-    host = bind.rsplit(":", 1)[0] if ":" in bind else bind
-    host = host.strip("[]")
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: assume it is reachable from elsewhere
-
-
-def exposure_problem(binds: list[str], env: dict[str, Any]) -> str | None:
-    """Why the service must not start on these binds with this configuration, or None.
-    Exposed beyond loopback, both the native API (API keys) and CDS Hooks (trusted JWT
-    issuers, or CDS_HOOKS_ENABLED=false) must be protected."""
-    exposed = [b for b in binds if not is_loopback(b)]
-    if not exposed:
-        return None
-    missing = []
-    if not (env.get("CDS_API_KEYS") or env.get("CDS_API_KEYS_FILE")):
-        missing.append("API keys for the native API: set CDS_API_KEYS or CDS_API_KEYS_FILE")
-    hooks_on = str(env.get("CDS_HOOKS_ENABLED", "true")).lower() not in ("0", "false", "no")
-    if hooks_on and not env.get("CDS_HOOKS_TRUSTED_ISSUERS"):
-        missing.append("trusted JWT issuers for CDS Hooks: set CDS_HOOKS_TRUSTED_ISSUERS "
-                       "(or CDS_HOOKS_ENABLED=false if no EHR calls the hooks)")
-    if not missing:
-        return None
-    return (f"refusing to start: bound to {', '.join(exposed)} (beyond loopback) without authentication.\n"
-            + "\n".join(f"  - {m}" for m in missing)
-            + "\nSee the README's Security model section, or bind to 127.0.0.1 for local use.")

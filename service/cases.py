@@ -58,6 +58,10 @@ def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     for f in expect.get("red_flags_include", []):
         if f not in flags:
             failures.append(f"red flag {f} not raised")
+    fired = {p["rule"] for p in answer["provenance"]}
+    for r in expect.get("rules_fired_include", []):
+        if r not in fired:
+            failures.append(f"rule {r} did not fire")
     advice = {a["code"] for a in answer["advice"]}
     for a in expect.get("advice_include", []):
         if a not in advice:

@@ -40,6 +40,7 @@ from werkzeug.exceptions import HTTPException
 
 from service.errors import ServiceError
 from service.evaluation import Evaluator
+from service.fhir_ids import has_dot_segment, is_fhir_id
 from service.fhir_mapping import FhirInputError, Mapped, map_prefetch, prefetch_code_filter
 from service.fhir_out import (
     EXTENSION_RULESET,
@@ -49,7 +50,7 @@ from service.fhir_out import (
     cards_for,
     operation_outcome,
 )
-from service.hooks_auth import AuthenticationFailed, Authenticator, load_issuers
+from service.hooks_auth import AuthenticationFailed, Authenticator, HooksConfigError, load_issuers
 from service.knowledge import Knowledge
 
 log = logging.getLogger("service.cds_hooks")
@@ -60,12 +61,12 @@ SERVICE_ID = "leg-pain-triage"
 HOOKS = ("patient-view", "encounter-start")
 PREFETCH_KEYS = ("patient", "observations", "conditions")
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]+$")
-_USER_ANY = re.compile(r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]+$")
-_USER_CLINICIAN = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]+$")
-_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]+$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+# Every pattern is full-matched (re.fullmatch): `$` alone also matches before a trailing newline.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_USER_ANY = re.compile(r"(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}")
+_USER_CLINICIAN = re.compile(r"(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}")
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]+")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 # --- errors: every one leaves as an OperationOutcome ---------------------------------------
@@ -205,7 +206,7 @@ class FhirFetcher:
         entries = list(bundle.get("entry") or [])
         page, pages = bundle, 1
         while (nxt := next_link(page)) is not None:
-            if not nxt.startswith(base.rstrip("/") + "/"):
+            if not nxt.startswith(base.rstrip("/") + "/") or has_dot_segment(urllib.parse.urlsplit(nxt).path):
                 raise FetchError("next link outside the FHIR server")
             if pages >= self.max_pages:
                 raise FetchError("too many pages")
@@ -279,17 +280,38 @@ def discovery_document(k: Knowledge, templates: dict[str, str]) -> dict[str, Any
 
 
 
+def public_base_url(raw: Any, *, required: bool) -> str | None:
+    """CDS_HOOKS_BASE_URL, the public base URL that a JWT's `aud` must name. Required whenever
+    issuers are configured: the audience is never derived from the request (its Host header is
+    the caller's to choose, so a token minted for another service could be replayed here with a
+    matching Host). HooksConfigError (one line) when missing or not a plain http(s) base URL."""
+    value = str(raw or "").strip().rstrip("/")
+    if not value:
+        if required:
+            raise HooksConfigError("CDS_HOOKS_BASE_URL must be set when CDS_HOOKS_TRUSTED_ISSUERS is set: it is the "
+                                   "public base URL (e.g. https://cds.example.org) that every JWT's aud is checked "
+                                   "against; the request's Host header is never used")
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment \
+            or "@" in parts.netloc or any(c.isspace() for c in value):
+        raise HooksConfigError(f"CDS_HOOKS_BASE_URL {value!r} must be an absolute http(s) URL without user, "
+                               "query or fragment (e.g. https://cds.example.org)")
+    return value
+
+
 def install(app: Flask, knowledge: Knowledge) -> None:
     """Register the blueprint, its authentication, CORS and settings (from app.config)."""
     cfg = app.config
     issuers = load_issuers(cfg.get("HOOKS_TRUSTED_ISSUERS"))  # raises: the service must not start
+    base_url = public_base_url(cfg.get("HOOKS_BASE_URL"), required=bool(issuers))
     settings = HooksSettings(
         auth=Authenticator(issuers, leeway=int(cfg.get("HOOKS_JWT_LEEWAY", 30)),
                            max_lifetime=int(cfg.get("HOOKS_JWT_MAX_LIFETIME", 3600)),
                            replay_cache_size=int(cfg.get("HOOKS_REPLAY_CACHE_SIZE", 100_000))),
         fetcher=FhirFetcher(_list(cfg.get("HOOKS_FHIR_SERVERS")), timeout=float(cfg.get("HOOKS_FHIR_TIMEOUT", 5))),
         cors_origins=_list(cfg.get("HOOKS_CORS_ORIGINS")),
-        base_url=(str(cfg.get("HOOKS_BASE_URL") or "").rstrip("/") or None),
+        base_url=base_url,
         max_body=int(cfg.get("HOOKS_MAX_BODY_BYTES", 2 * 1024 * 1024)),
         observation_max_age_days=int(cfg.get("HOOKS_OBSERVATION_MAX_AGE_DAYS", 7)),
     )
@@ -315,7 +337,10 @@ def _before() -> None:
     request.max_content_length = settings.max_body
     if request.method == "OPTIONS" or not settings.auth.enabled:
         return
-    base = settings.base_url or request.root_url.rstrip("/")
+    # Never the request's own URL: its host comes from the caller (install requires base_url).
+    base = settings.base_url
+    if base is None:
+        raise HookUnauthorized("Unauthorized")
     audiences = [base + request.path]
     if request.endpoint == "cds_hooks.feedback":  # feedback: its own URL or the service's
         audiences.append(base + f"/cds-services/{SERVICE_ID}")
@@ -372,7 +397,7 @@ def validate_request(body: Any) -> list[tuple[str, str]]:
             errs.append((key, "is required"))
     if "hook" in body and not _is_str(body["hook"]):
         errs.append(("hook", "must be a non-empty string"))
-    if "hookInstance" in body and not (isinstance(body["hookInstance"], str) and _UUID.match(body["hookInstance"])):
+    if "hookInstance" in body and not (isinstance(body["hookInstance"], str) and _UUID.fullmatch(body["hookInstance"])):
         errs.append(("hookInstance", "must be a UUID"))
     server = body.get("fhirServer")
     if "fhirServer" in body:
@@ -409,7 +434,7 @@ def validate_request(body: Any) -> list[tuple[str, str]]:
                 if value is None:
                     continue
                 if not isinstance(value, dict) or not (isinstance(value.get("resourceType"), str)
-                                                       and _RESOURCE_TYPE.match(value["resourceType"])):
+                                                       and _RESOURCE_TYPE.fullmatch(value["resourceType"])):
                     errs.append((f"prefetch.{key}", "must be a FHIR resource (with resourceType) or null"))
     if "extension" in body and not (isinstance(body["extension"], dict) and body["extension"]):
         errs.append(("extension", "must be a non-empty object"))
@@ -423,13 +448,14 @@ def validate_context(hook: str, context: dict[str, Any]) -> list[tuple[str, str]
     for key in required:
         if key not in context:
             errs.append((f"context.{key}", f"is required for {hook}"))
-    if "userId" in context and not (isinstance(context["userId"], str) and user.match(context["userId"])):
+    if "userId" in context and not (isinstance(context["userId"], str) and user.fullmatch(context["userId"])):
         kinds = "Practitioner or PractitionerRole" if hook == "encounter-start" else \
             "Practitioner, PractitionerRole, Patient or RelatedPerson"
         errs.append(("context.userId", f"must be a reference to a {kinds} (e.g. Practitioner/123)"))
     for key in ("patientId", "encounterId"):
-        if key in context and not (isinstance(context[key], str) and _FHIR_ID.match(context[key])):
-            errs.append((f"context.{key}", "must be a FHIR id"))
+        if key in context and not is_fhir_id(context[key]):
+            # Checked before anything is fetched: patientId goes into the FHIR server's URL.
+            errs.append((f"context.{key}", "must be a FHIR id (1-64 of A-Z a-z 0-9 - .; not '.' or '..')"))
     return errs
 
 
@@ -485,6 +511,8 @@ def _fetch(settings: HooksSettings, key: str, server: str, body: dict[str, Any],
     if token is None:  # can_fetch checked fhirAuthorization, and validation its access_token
         raise FetchError("no access token to read the FHIR server with")
     base = server.rstrip("/")
+    if not is_fhir_id(patient_id):  # validate_context refused it already; never build a URL from one
+        raise FetchError("patientId is not a FHIR id")
     if isinstance(given, dict) and given.get("resourceType") == "Bundle" and next_link(given) is not None:
         return settings.fetcher.complete(base, given, token)
     relative = settings.templates[key].replace("{{context.patientId}}", urllib.parse.quote(patient_id, safe=""))
@@ -558,7 +586,7 @@ def validate_feedback(body: Any) -> list[tuple[str, str]]:
         if item.get("outcome") not in ("accepted", "overridden"):
             errs.append((f"{p}.outcome", "must be 'accepted' or 'overridden'"))
         ts = item.get("outcomeTimestamp")
-        if not (isinstance(ts, str) and _RFC3339.match(ts) and _valid_datetime(ts)):
+        if not (isinstance(ts, str) and _RFC3339.fullmatch(ts) and _valid_datetime(ts)):
             errs.append((f"{p}.outcomeTimestamp", "is required (an RFC 3339 date-time, e.g. 2025-01-02T14:05:31Z)"))
         if "acceptedSuggestions" in item:
             sug = item["acceptedSuggestions"]

@@ -13,7 +13,11 @@ DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 _SETTINGS: dict[str, tuple[str, Any, Any]] = {
     "RULES_DIR": ("CDS_RULES_DIR", str(DEFAULT_RULES_DIR), str),
     "MAX_CONTENT_LENGTH": ("CDS_MAX_BODY_BYTES", 256 * 1024, int),
-    # Native API keys and exposure (service/auth.py)
+    # Where the service is served, comma-separated gunicorn-style binds. gunicorn binds it; the
+    # app factory refuses to serve non-loopback binds without authentication (service/exposure.py),
+    # so another WSGI server must be given its listen address here.
+    "BIND": ("CDS_BIND", "127.0.0.1:8000", str),
+    # Native API keys (service/auth.py)
     "API_KEYS": ("CDS_API_KEYS", "", str),  # comma-separated keys (16-256 characters each)
     "API_KEYS_FILE": ("CDS_API_KEYS_FILE", "", str),  # file: one key (or name=key) per line
     "PROTECT_METRICS": ("CDS_PROTECT_METRICS", "false", str),  # true: /metrics needs an API key too

@@ -120,3 +120,11 @@ class FieldError:
 
     def as_dict(self) -> dict[str, Any]:
         return {"pointer": self.pointer, "reason": self.reason, "detail": self.detail, **self.extra}
+
+
+class StartupRefused(RuntimeError):
+    """The configuration is unusable or unsafe: the service must not start.
+
+    A RuntimeError on purpose: gunicorn prints a RuntimeError raised while it loads the app or
+    runs its start-up hooks as one line (`Error: <message>`) and exits 1, instead of a
+    traceback. The message says what to set; it never quotes a key or a token."""

@@ -155,7 +155,7 @@ _ALIASES = {
     "°C": "Cel", "°F": "[degF]", "ratio": "1", "": "1",
     "µg/L": "ug/L", "mcg/L": "ug/L", "μg/L": "ug/L", "µg/mL": "ug/mL", "mcg/mL": "ug/mL",
 }
-_ANNOTATION = re.compile(r"^\{[^{}]*\}$")
+_ANNOTATION = re.compile(r"\{[^{}]*\}")  # full-matched
 
 
 def ucum_unit(system: str | None, code: str | None, unit: str | None) -> str | None:
@@ -165,7 +165,7 @@ def ucum_unit(system: str | None, code: str | None, unit: str | None) -> str | N
     if raw is None:
         return None
     raw = raw.strip()
-    if _ANNOTATION.match(raw):
+    if _ANNOTATION.fullmatch(raw):
         return "1"
     if system != UCUM:
         raw = _ALIASES.get(raw, _ALIASES.get(raw.lower(), raw))
@@ -189,15 +189,15 @@ def convert(value: float, source: str, target: str) -> float | None:
 # --- dates ---------------------------------------------------------------------------------
 
 _DATETIME = re.compile(
-    r"^(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})"
-    r"(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
-)
+    r"(?P<y>\d{4})(-(?P<m>\d{2})(-(?P<d>\d{2})"
+    r"(T(?P<H>\d{2}):(?P<M>\d{2})(:(?P<S>\d{2})(\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+)  # full-matched: "$" would accept a trailing newline
 
 
 def parse_fhir_datetime(value: Any, path: str, *, latest: bool) -> datetime:
     """A FHIR date / dateTime / instant as an aware UTC datetime. A partial date stands for
     its whole period: `latest=True` gives the period's last second, else its first."""
-    if not isinstance(value, str) or (m := _DATETIME.match(value)) is None:
+    if not isinstance(value, str) or (m := _DATETIME.fullmatch(value)) is None:
         raise FhirInputError(path, "is not a FHIR date or dateTime (YYYY, YYYY-MM, YYYY-MM-DD or with a time)")
     try:
         year = int(m["y"])

@@ -37,13 +37,15 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
+from service.errors import StartupRefused
+
 log = logging.getLogger("service.hooks_auth")
 
 ALLOWED_ALGORITHMS = ("ES384", "RS384")
 _ALG_KTY = {"ES384": "EC", "RS384": "RSA"}
 
 
-class HooksConfigError(ValueError):
+class HooksConfigError(StartupRefused, ValueError):
     """The trusted-issuer configuration is unusable: the service must not start."""
 
 

@@ -209,6 +209,7 @@ class Case:
     request: dict[str, Any]
     expect: dict[str, Any]
     file: str
+    self_check: bool = False  # run at start-up against the loaded rule set (service/self_check.py)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,11 @@ Errors:
   derived facts, uses `none` or a score with negative items): the safety property "adding a
   finding never lowers a tier forced by a red flag" must hold by construction;
 - a source document that is not in the shared sources folder;
-- a clinical case that fails.
+- a clinical case that fails;
+- a red flag that no self-check case (`self_check: true`) expects in `red_flags_include`, or an
+  emergency rule (`tier: emergency`, or raising an emergency red flag) that no self-check case
+  expects in `rules_fired_include`: the start-up self-check must exercise every emergency path
+  (service/self_check.py). A self-check case that passes raises / fires what it expects.
 Warnings: findings no rule uses, derived facts no rule matches, conditions with no route to a
 test, guidelines cited without a citation or address, rules no case fires.
 """
@@ -41,6 +45,7 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
     tested = {c for r in k.rules if r.id in live for t in r.then.tests for c in t.for_conditions}
     warnings += [f"condition {c} has no route to a test" for c in k.conditions if c not in tested]
 
+    _self_check_coverage(k, errors)
     report = run_cases(evaluator)
     for case_id, failures in report.failures.items():
         errors.extend(f"case {case_id}: {f}" for f in failures)
@@ -48,6 +53,26 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
         if rule.id not in report.rules_fired:
             warnings.append(f"{rule.file} rule {rule.id} is fired by no clinical case")
     return errors, warnings
+
+
+def emergency_rules(k: Knowledge) -> list[Rule]:
+    """Rules that set the emergency tier or raise a red flag that forces it."""
+    return [r for r in k.rules if r.then.tier == "emergency"
+            or (r.then.red_flag is not None and k.red_flags[r.then.red_flag].tier == "emergency")]
+
+
+def _self_check_coverage(k: Knowledge, errors: list[str]) -> None:
+    checked = [c for c in k.cases if c.self_check]
+    flags = {f for c in checked for f in c.expect.get("red_flags_include", [])}
+    fired = {r for c in checked for r in c.expect.get("rules_fired_include", [])}
+    for code in k.red_flags:
+        if code not in flags:
+            errors.append(f"red flag {code}: no self-check case raises it (mark a case that expects it in "
+                          f"red_flags_include with self_check: true)")
+    for rule in emergency_rules(k):
+        if rule.id not in fired:
+            errors.append(f"{rule.file} rule {rule.id} is an emergency rule that no self-check case fires (list it "
+                          f"in rules_fired_include of a case with self_check: true)")
 
 
 def _all_leaves(rule: Rule) -> list[Leaf]:

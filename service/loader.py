@@ -44,9 +44,10 @@ from service.knowledge import (
     When,
 )
 
-CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-RULE_ID_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
-SOURCE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# Full-matched (re.fullmatch): "$" alone also accepts a trailing newline.
+CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+RULE_ID_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
+SOURCE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 TOPICS = ("pain", "red_flags", "swelling_skin", "nerves", "circulation", "history", "measurements")
 PATIENT_ATTRS = ("age", "sex")
 # The engine compares numbers it receives as JSON text; it rejects exponent notation, so
@@ -137,6 +138,13 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
             rules.append(rule)
     col.rule_id = None
     _check_scores(rules, ctx, col)
+    # A declared red flag that no rule raises is a rule lost (an emptied or damaged domain
+    # file), not a flag nobody needs: the service would never warn of it.
+    raised = {r.then.red_flag for r in rules}
+    col.file = "red_flags.yaml"
+    for code in red_flags:
+        if code not in raised:
+            col.add(f"red flag {code} is raised by no rule (is a domain file damaged or missing?)")
 
     cases: list[Case] = []
     for path in sorted((rules_dir / "cases").glob("*.yaml")):
@@ -206,6 +214,28 @@ class _Catalogues:
         self.advice: dict[str, Advice] = advice
 
 
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in one mapping. PyYAML keeps the last
+    value silently: `priority: stat` then `priority: routine` made an MRI routine."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (<<) first, as the base class does
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first at line {first.line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, col: _Collector, required: bool) -> Any:
     if not path.exists():
         if required:
@@ -213,12 +243,18 @@ def _read_yaml(path: Path, col: _Collector, required: bool) -> Any:
         return None
     try:
         with path.open(encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            # Bandit B506: StrictLoader is a SafeLoader subclass, so no arbitrary Python objects.
+            doc = yaml.load(fh, Loader=StrictLoader)  # nosec B506
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         col.add(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc.__class__.__name__}")
         return None
+    if doc is None and required:
+        # Zero bytes, or only blanks and comments: a truncated or emptied file, never a rule set
+        # that means "nothing here". It used to load: cauda equina emptied answered routine.
+        col.add("file is empty (no YAML content): a damaged or truncated rule file")
+    return doc
 
 
 def _items(doc: Any, key: str, col: _Collector) -> list[dict[str, Any]]:
@@ -248,7 +284,7 @@ def _str(item: dict[str, Any], key: str, col: _Collector, what: str, required: b
 
 def _code(item: dict[str, Any], key: str, col: _Collector, what: str, seen: set[str]) -> str | None:
     code = item.get(key)
-    if not isinstance(code, str) or not CODE_RE.match(code):
+    if not isinstance(code, str) or not CODE_RE.fullmatch(code):
         col.add(f"{what}: '{key}' {code!r} must be lower-case snake_case")
         return None
     if code in seen:
@@ -301,7 +337,7 @@ def _load_sources(doc: Any, col: _Collector) -> dict[str, Source]:
     out: dict[str, Source] = {}
     for item in _items(doc, "sources", col):
         sid = item.get("id")
-        if not isinstance(sid, str) or not SOURCE_ID_RE.match(sid):
+        if not isinstance(sid, str) or not SOURCE_ID_RE.fullmatch(sid):
             col.add(f"source id {sid!r} is not valid")
             continue
         if sid in out:
@@ -346,7 +382,7 @@ def _load_vocabulary(doc: Any, sources: dict[str, Source], col: _Collector):  # 
                 col.add(f"{what}: a number finding needs a UCUM 'unit'")
         elif ftype == "choice":
             raw = item.get("choices")
-            if not (isinstance(raw, list) and raw and all(isinstance(c, str) and CODE_RE.match(c) for c in raw)):
+            if not (isinstance(raw, list) and raw and all(isinstance(c, str) and CODE_RE.fullmatch(c) for c in raw)):
                 col.add(f"{what}: a choice finding needs 'choices', a list of snake_case values")
             else:
                 choices = tuple(raw)
@@ -470,10 +506,13 @@ def _load_domain(doc: Any, rel: str, ctx: _Catalogues, col: _Collector) -> list[
     if not isinstance(doc.get("covers"), str):
         col.add("'covers' must say what the file covers and where it comes from")
     out = []
-    for i, item in enumerate(_items(doc, "rules", col)):
+    items = _items(doc, "rules", col)
+    if not items and isinstance(doc.get("rules"), list):
+        col.add("'rules' is empty: a domain file holds at least one rule")
+    for i, item in enumerate(items):
         rid = item.get("id")
         col.rule_id = rid if isinstance(rid, str) else f"rules[{i}]"
-        if not isinstance(rid, str) or not RULE_ID_RE.match(rid):
+        if not isinstance(rid, str) or not RULE_ID_RE.fullmatch(rid):
             col.add(f"rule id {rid!r} must be dotted lower-case, e.g. dvt.wells.calf_swelling")
             continue
         try:
@@ -770,13 +809,16 @@ def _check_scores(rules: list[Rule], ctx: _Catalogues, col: _Collector) -> None:
 
 _EXPECT_KEYS = {
     "tier", "top3", "tests_include", "tests_exclude", "not_indicated_include", "red_flags_include", "absent",
-    "advice_include", "advice_exclude", "not_indicated_exclude",
+    "advice_include", "advice_exclude", "not_indicated_exclude", "rules_fired_include",
 }
 
 
 def _load_cases(doc: Any, rel: str, col: _Collector) -> list[Case]:
     out = []
-    for item in _items(doc, "cases", col):
+    items = _items(doc, "cases", col)
+    if not items and isinstance(doc, dict) and isinstance(doc.get("cases"), list):
+        col.add("'cases' is empty: a case file holds at least one case")
+    for item in items:
         cid = item.get("id")
         if not isinstance(cid, str) or not cid:
             col.add("a case needs an 'id'")
@@ -788,6 +830,13 @@ def _load_cases(doc: Any, rel: str, col: _Collector) -> list[Case]:
         extra = set(expect) - _EXPECT_KEYS
         if extra:
             col.add(f"case {cid}: unknown expectation keys {sorted(extra)}")
+        self_check = item.get("self_check", False)
+        if not isinstance(self_check, bool):
+            col.add(f"case {cid}: 'self_check' must be true or false")
+            self_check = False
+        fired = expect.get("rules_fired_include", [])
+        if not (isinstance(fired, list) and all(isinstance(r, str) for r in fired)):
+            col.add(f"case {cid}: 'expect.rules_fired_include' must be a list of rule ids")
         request = {"patient": item.get("patient") or {}, "findings": item.get("findings") or []}
-        out.append(Case(cid, str(item.get("summary", "")), request, expect, rel))
+        out.append(Case(cid, str(item.get("summary", "")), request, expect, rel, self_check))
     return out

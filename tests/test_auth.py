@@ -10,8 +10,10 @@ import sys
 import pytest
 
 from service import create_app
-from service.auth import AuthConfigError, exposure_problem, is_loopback, load_keys
+from service.auth import AuthConfigError, load_keys
+from service.exposure import exposure_problem, is_loopback
 from tests.conftest import ROOT
+from tests.test_exposure import trusted_issuers
 
 KEY = "k3y-for-tests-0123456789abcdef"
 OTHER = "not-the-key-0123456789abcdef"
@@ -98,19 +100,19 @@ def test_the_page_keeps_its_own_policy(keyed):
 @pytest.mark.parametrize(("bind", "loopback"), [
     ("127.0.0.1:8000", True), ("127.0.0.5:1", True), ("localhost:8000", True), ("[::1]:8000", True),
     ("unix:/tmp/x.sock", True), ("0.0.0.0:8000", False), (":8000", False), ("10.1.2.3:80", False),
-    ("[::]:8000", False), ("example.org:80", False),
+    ("[::]:8000", False), ("example.org:80", False), ("fd://3", False),
 ])
 def test_is_loopback(bind, loopback):
     assert is_loopback(bind) is loopback
 
 
 def test_exposure_needs_both_api_keys_and_hook_issuers():
+    jwks = trusted_issuers()
     message = exposure_problem(["0.0.0.0:8000"], {})
     assert "CDS_API_KEYS" in message and "CDS_HOOKS_TRUSTED_ISSUERS" in message
-    assert "CDS_HOOKS_TRUSTED_ISSUERS" not in exposure_problem(
-        ["0.0.0.0:8000"], {"CDS_HOOKS_ENABLED": "false"})
-    assert exposure_problem(["0.0.0.0:8000"], {"CDS_API_KEYS": KEY, "CDS_HOOKS_ENABLED": "false"}) is None
-    assert exposure_problem(["0.0.0.0:8000"], {"CDS_API_KEYS_FILE": "/k", "CDS_HOOKS_TRUSTED_ISSUERS": "{}"}) is None
+    assert "CDS_HOOKS_TRUSTED_ISSUERS" not in exposure_problem(["0.0.0.0:8000"], {"HOOKS_ENABLED": "false"})
+    assert exposure_problem(["0.0.0.0:8000"], {"API_KEYS": KEY, "HOOKS_ENABLED": "false"}) is None
+    assert exposure_problem(["0.0.0.0:8000"], {"API_KEYS": KEY, "HOOKS_TRUSTED_ISSUERS": jwks}) is None
     assert exposure_problem(["127.0.0.1:8000"], {}) is None
 
 

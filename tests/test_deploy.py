@@ -249,14 +249,23 @@ def test_dashboard_is_importable_grafana_json():
 def test_the_deployment_is_not_exposed_without_authentication(manifests):
     """Bound to 0.0.0.0, the pod must carry API keys and trusted issuers, from a Secret the
     operator creates (service/auth.py refuses to start otherwise)."""
-    from service.auth import exposure_problem
-
     dep = manifests["Deployment"]
     env = env_of(dep)
-    assert exposure_problem([env["CDS_BIND"]], {k: "set" for k in env}) is None
+    assert env["CDS_BIND"].startswith("0.0.0.0:")
+    assert "CDS_API_KEYS" not in env  # the keys come from the Secret's file, never inline
     assert env["CDS_HOOKS_TRUSTED_ISSUERS"]["secretKeyRef"]["name"] == "legpain-cds-auth"
     pod = dep["spec"]["template"]["spec"]
     secret = next(v for v in pod["volumes"] if v["name"] == "auth")["secret"]
     assert secret["secretName"] == "legpain-cds-auth"
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "auth")
     assert env["CDS_API_KEYS_FILE"].startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+
+
+def test_the_deployment_sets_the_public_base_url_for_jwt_audiences(manifests):
+    """With trusted issuers the service refuses to start without CDS_HOOKS_BASE_URL (the JWT
+    audience is never taken from the request's Host header)."""
+    from service.cds_hooks import public_base_url
+
+    env = env_of(manifests["Deployment"])
+    assert "CDS_HOOKS_TRUSTED_ISSUERS" in env
+    assert public_base_url(env["CDS_HOOKS_BASE_URL"], required=True).startswith("https://")

@@ -67,7 +67,7 @@ def issuers_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(issuers_config):
     return create_app({"TESTING": True, "HOOKS_TRUSTED_ISSUERS": json.dumps(issuers_config),
-                       "HOOKS_CORS_ORIGINS": "https://ehr.example.org"})
+                       "HOOKS_CORS_ORIGINS": "https://ehr.example.org", "HOOKS_BASE_URL": BASE})
 
 
 @pytest.fixture()
