@@ -16,7 +16,7 @@ Credit is scaled by how much of the rule the presentation already matches
 the same weight. A finding is worth its strongest consequence plus a tenth of the others
 (summing would let ten correlated Wells items drown a decisive question).
 
-The answer keeps the three best questions for urgency (red-flag screening must never drop
+The answer keeps the four best questions for urgency (red-flag screening must never drop
 out) and the three best for the differential (so that screening never crowds out the
 question that tells causes apart), ranked together by total credit.
 """
@@ -31,7 +31,11 @@ from service.knowledge import TIER_RANK, Group, Knowledge, Leaf, Rule
 if TYPE_CHECKING:
     from service.evaluation import Encounter
 
-PER_AIM = 3
+# Four urgency slots since rule set 0.3: a sciatica presentation has the cauda equina screen
+# (bladder, saddle, both legs) and NICE NG59's cancer, infection and fracture screen to ask,
+# and three slots dropped saddle sensation. Three differential slots, as before.
+URGENCY_SLOTS = 4
+DIFFERENTIAL_SLOTS = 3
 MAX_UNKNOWN_PER_RULE = 2
 BREADTH = 0.1
 _TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
@@ -115,10 +119,10 @@ class QuestionRanker:
                 reasons.setdefault(code, []).append(rule.id)
 
         credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
-        by_urgency = sorted((c for c in credit if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:PER_AIM]
+        by_urgency = sorted((c for c in credit if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:URGENCY_SLOTS]
         by_differential = sorted(
             (c for c in credit if credit[c][1] > 0 and c not in by_urgency), key=lambda c: (-credit[c][1], c),
-        )[:PER_AIM]
+        )[:DIFFERENTIAL_SLOTS]
         chosen = sorted(by_urgency + by_differential, key=lambda c: (-sum(credit[c]), c))
         return [self._question(code, sum(credit[code]), reasons[code],
                                "urgency" if code in by_urgency else "differential") for code in chosen]

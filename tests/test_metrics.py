@@ -59,7 +59,7 @@ def test_ruleset_and_build_info(client, knowledge):
 
 def test_an_evaluation_is_counted_by_tier_flag_condition_and_rule(client, knowledge):
     # The case with the most red flags, so that every family moves.
-    case = max(knowledge.cases, key=lambda c: (len(c.expect.get("red_flags", []) or []), c.id))
+    case = max(knowledge.cases, key=lambda c: (len(c.expect.get("red_flags_include", []) or []), c.id))
     before = scrape(client)
     r = client.post("/v1/evaluations", json=case.request)
     assert r.status_code == 200
