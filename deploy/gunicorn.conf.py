@@ -83,7 +83,12 @@ def child_exit(server, worker):
 
 def pre_request(worker, req):
     """gunicorn's default logs "METHOD /path" at debug level, and a path can carry an identifier;
-    the service writes its own request line with the route template instead."""
+    the service writes its own request line with the route template instead. The request object
+    is handed to the service so that it can close the connection after an answer that leaves
+    the body unread, or while draining (service/connection.py)."""
+    from service.connection import bind
+
+    bind(req)
 
 
 def post_worker_init(worker):
