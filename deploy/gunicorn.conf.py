@@ -30,6 +30,14 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # workers inherit this handler and must leave the directory alone.
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_own_dir, ignore_errors=True))
 
+# CDS Hooks JWT replay store (service/replay_store.py): the workers are separate processes, so a
+# per-process cache would accept a replayed token once per worker. Unless Redis (every pod) or a
+# file is configured, one SQLite file in a fresh directory, shared by this master's workers.
+if not os.environ.get("CDS_HOOKS_REPLAY_REDIS_URL") and not os.environ.get("CDS_HOOKS_REPLAY_DB"):
+    _replay_dir, _replay_master = tempfile.mkdtemp(prefix="legpain-cds-replay-"), os.getpid()
+    os.environ["CDS_HOOKS_REPLAY_DB"] = os.path.join(_replay_dir, "jti.sqlite3")
+    atexit.register(lambda: os.getpid() == _replay_master and shutil.rmtree(_replay_dir, ignore_errors=True))
+
 bind = os.environ.get("CDS_BIND", "127.0.0.1:8000")
 # Exposed beyond loopback, the service must not run open (service/auth.py): stop here, before
 # anything binds, with a message that says what to configure.
