@@ -10,7 +10,6 @@ shared copy-on-write with the workers.
 """
 
 import atexit
-import glob
 import multiprocessing
 import os
 import shutil
@@ -76,17 +75,22 @@ loglevel = os.environ.get("CDS_LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Empty the metrics directory: samples of a previous run must not be summed in."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(path, exist_ok=True)
-    for f in glob.glob(os.path.join(path, "*.db")):  # only prometheus_client's files
-        os.remove(f)
+    """Empty the metrics directory (samples of a previous run must not be summed in), and
+    preallocate the storage-error tally while there is room (service/metrics_files.py)."""
+    from service.metrics_files import prepare_directory
+
+    prepare_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess
+    """Merge the dead worker's counters and histograms into the archive and remove its files:
+    counters never go backwards, and restarts do not fill the metrics volume."""
+    from service.metrics_files import archive_dead
 
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        archive_dead(os.environ["PROMETHEUS_MULTIPROC_DIR"], {os.getpid(), *server.WORKERS})
+    except Exception as exc:  # the master must outlive any metrics trouble
+        server.log.error("metrics of dead workers not merged: %s", exc.__class__.__name__)
 
 
 def pre_request(worker, req):
