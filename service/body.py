@@ -10,7 +10,7 @@ the limit" from "over it".
 
 from __future__ import annotations
 
-from flask import request
+from flask import g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.connection import close_after_response
@@ -64,4 +64,5 @@ def read_body(limit: int | None = None) -> bytes:
     if limit is not None and total > limit:
         close_after_response()
         raise RequestEntityTooLarge()
+    g.body_consumed = True  # all of it: an error answer may keep the connection alive
     return b"".join(parts)

@@ -48,9 +48,12 @@ def _has_body() -> bool:
 def init_app(app: Flask) -> None:
     @app.after_request
     def _connection(resp: Response) -> Response:
-        # An error on a request with a body may have left some of it unread; draining workers
-        # are about to stop. Either way, the client must not reuse this connection.
-        if is_draining() or (resp.status_code >= 400 and _has_body()) or g.get("close_connection"):
+        # An error answered before the whole body was read (auth, media type, limits) leaves bytes
+        # that would be parsed as the next request; draining workers are about to stop. Either
+        # way, the client must not reuse this connection. A 4xx after the body was read in full
+        # (422, a JSON error) keeps it.
+        unread = _has_body() and not g.get("body_consumed")
+        if is_draining() or (resp.status_code >= 400 and unread) or g.get("close_connection"):
             close_after_response()
             resp.headers["Connection"] = "close"
         return resp

@@ -109,14 +109,29 @@ class RedisReplayStore:
             raise ReplayStoreError(f"Redis replay store: {exc.__class__.__name__}") from None
 
 
+class ReplayStoreConfigError(ValueError):
+    """The configured store cannot be used: the service must not start."""
+
+
 def from_config(cfg: dict[str, Any]) -> ReplayStore | None:
-    """The shared store configured, or None (the caller keeps its per-process cache)."""
+    """The shared store configured, or None (the caller keeps its per-process cache). Redis is
+    reached at the first token, not here: a Redis outage refuses calls, it does not stop starts."""
     url = str(cfg.get("HOOKS_REPLAY_REDIS_URL") or "").strip()
     if url:
+        try:
+            store: ReplayStore = RedisReplayStore(url)
+        except ValueError as exc:  # the URL does not parse; its text may hold a password
+            raise ReplayStoreConfigError(f"CDS_HOOKS_REPLAY_REDIS_URL is not a Redis URL ({exc.__class__.__name__})") \
+                from None
         log.info("CDS Hooks replay store: Redis (shared by every pod)")
-        return RedisReplayStore(url)
+        return store
     path = str(cfg.get("HOOKS_REPLAY_DB") or "").strip()
     if path:
+        try:
+            store = SqliteReplayStore(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise ReplayStoreConfigError(f"CDS_HOOKS_REPLAY_DB {path!r} cannot be used as a SQLite file: {exc}") \
+                from None
         log.info("CDS Hooks replay store: SQLite (shared by the workers of this pod)")
-        return SqliteReplayStore(path)
+        return store
     return None

@@ -144,6 +144,13 @@ def test_an_early_415_on_a_request_with_a_body_closes(server):
     assert status == 415 and headers["connection"] == "close" and closed
 
 
+def test_a_422_after_the_whole_body_was_read_keeps_the_connection(server):
+    status, headers, _, closed = exchange(
+        server.port, b"POST /v1/evaluations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 14\r\n\r\n{\"findings\":1}")
+    assert status == 422 and headers["connection"] == "keep-alive" and not closed
+
+
 def test_draining_workers_answer_connection_close(tmp_path: Path):
     """A keep-alive client polls through SIGTERM: every answer after it says close, none fails
     until the workers stop accepting, and the master exits 0."""
@@ -162,6 +169,9 @@ def test_draining_workers_answer_connection_close(tmp_path: Path):
                 assert r.status_code == 200
                 during.append(r.headers["Connection"])
                 time.sleep(0.05)
+        code = srv.proc.wait(timeout=30)
+        lines = [x for x in srv.json_lines() if x.get("event") in ("drain", "drain-done")
+                 or "signal" in x.get("msg", "") or "orker" in x.get("msg", "")]
         assert len(during) >= 10
-        assert set(during) == {"close"}, during
-        assert srv.proc.wait(timeout=30) == 0
+        assert set(during) == {"close"}, (during, lines)
+        assert code == 0

@@ -70,6 +70,17 @@ def test_an_unreachable_store_refuses_the_token(tmp_path):
         auth.verify("Bearer " + token(aud="http://localhost" + SERVICE), ["http://localhost" + SERVICE])
 
 
+def test_an_unusable_sqlite_path_stops_the_service_naming_the_variable(tmp_path):
+    from service import create_app
+    from service.replay_store import ReplayStoreConfigError
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(ReplayStoreConfigError, match="CDS_HOOKS_REPLAY_DB"):
+        create_app({"TESTING": True, "HOOKS_REPLAY_DB": str(blocker / "jti.sqlite3"),
+                    "HOOKS_TRUSTED_ISSUERS": json.dumps({ISS_EC: {"keys": [public_jwk(EC_KEY, "ec-1", "ES384")]}})})
+
+
 # --- through real gunicorn -------------------------------------------------------------------
 
 
