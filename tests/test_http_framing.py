@@ -156,6 +156,12 @@ def test_draining_workers_answer_connection_close(tmp_path: Path):
     until the workers stop accepting, and the master exits 0."""
     drain = 2.0
     with ops_support.gunicorn(tmp_path, CDS_ACCESS_LOG="off", CDS_DRAIN_SECONDS=str(drain)) as srv:
+        # Both workers booted: a worker forked just before the master handles SIGTERM can miss
+        # the signal (gunicorn's own race), serve on undrained and be killed at graceful_timeout.
+        deadline = time.monotonic() + 20
+        while srv.output().count("Booting worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
         with requests.Session() as http:
             for _ in range(5):
                 r = http.get(srv.url + "/healthz/live", timeout=5)
