@@ -59,8 +59,10 @@ def read_body(limit: int | None = None) -> bytes:
             total += len(chunk)
     except _FRAMING_ERRORS as exc:
         close_after_response()
-        raise BadRequest(f"The request body's chunked transfer coding is malformed ({exc.__class__.__name__}).") \
-            from None
+        # gunicorn raises these while reading: a bad chunk size or terminator, or a body that
+        # ended before its length or its last chunk.
+        raise BadRequest(f"The request body is cut short or its chunked transfer coding is malformed "
+                         f"({exc.__class__.__name__}).") from None
     if limit is not None and total > limit:
         close_after_response()
         raise RequestEntityTooLarge()
