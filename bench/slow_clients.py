@@ -13,12 +13,14 @@ the same server, so that resistance and speed are weighed in one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +40,45 @@ def dribble(port: int, stop: threading.Event) -> None:
         s.close()
     except OSError:
         pass
+
+
+def half_header(port: int, stop: threading.Event) -> None:
+    """Send a request line and one header, never the blank line that ends the headers."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /healthz/live HTTP/1.1\r\nHost: x\r\n")
+        stop.wait()
+        s.close()
+    except OSError:
+        pass
+
+
+def idle(port: int, stop: threading.Event) -> None:
+    """Connect and send nothing."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stop.wait()
+        s.close()
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def attack(port: int, *, half: int = 10, idle_conns: int = 50, dribblers: int = 16) -> Iterator[None]:
+    """The three slow-client attacks of issue 14 at once, on loopback, until the block ends."""
+    stop = threading.Event()
+    threads = ([threading.Thread(target=half_header, args=(port, stop), daemon=True) for _ in range(half)]
+               + [threading.Thread(target=idle, args=(port, stop), daemon=True) for _ in range(idle_conns)]
+               + [threading.Thread(target=dribble, args=(port, stop), daemon=True) for _ in range(dribblers)])
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # every connection open and (for dribblers) its headers sent
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
 
 
 def probe(port: int, seconds: float) -> dict[str, float]:

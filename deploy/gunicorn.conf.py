@@ -10,7 +10,6 @@ shared copy-on-write with the workers.
 """
 
 import atexit
-import glob
 import multiprocessing
 import os
 import shutil
@@ -26,6 +25,14 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # Ours, so removed when the master exits, however it exits (also when the app fails to load);
     # workers inherit this handler and must leave the directory alone.
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_own_dir, ignore_errors=True))
+
+# CDS Hooks JWT replay store (service/replay_store.py): the workers are separate processes, so a
+# per-process cache would accept a replayed token once per worker. Unless Redis (every pod) or a
+# file is configured, one SQLite file in a fresh directory, shared by this master's workers.
+if not os.environ.get("CDS_HOOKS_REPLAY_REDIS_URL") and not os.environ.get("CDS_HOOKS_REPLAY_DB"):
+    _replay_dir, _replay_master = tempfile.mkdtemp(prefix="legpain-cds-replay-"), os.getpid()
+    os.environ["CDS_HOOKS_REPLAY_DB"] = os.path.join(_replay_dir, "jti.sqlite3")
+    atexit.register(lambda: os.getpid() == _replay_master and shutil.rmtree(_replay_dir, ignore_errors=True))
 
 bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8000").split(",") if b.strip()]
 # Exposed beyond loopback, the service must not run open (service/exposure.py). Not checked
@@ -74,13 +81,13 @@ def _refuse_if_exposed(binds):
 
 def on_starting(server):
     """Refuse an exposed and open start before anything binds: server.cfg.bind is final here
-    (config file, command line and GUNICORN_CMD_ARGS merged). Then empty the metrics directory:
-    samples of a previous run must not be summed in."""
+    (config file, command line and GUNICORN_CMD_ARGS merged). Then empty the metrics directory
+    (samples of a previous run must not be summed in) and preallocate the storage-error tally
+    while there is room (service/metrics_files.py)."""
     _refuse_if_exposed(server.cfg.bind)
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    os.makedirs(path, exist_ok=True)
-    for f in glob.glob(os.path.join(path, "*.db")):  # only prometheus_client's files
-        os.remove(f)
+    from service.metrics_files import prepare_directory
+
+    prepare_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def when_ready(server):
@@ -92,14 +99,24 @@ def when_ready(server):
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess
+    """Merge the dead worker's counters and histograms into the archive and remove its files:
+    counters never go backwards, and restarts do not fill the metrics volume."""
+    from service.metrics_files import archive_dead
 
-    multiprocess.mark_process_dead(worker.pid)
+    try:
+        archive_dead(os.environ["PROMETHEUS_MULTIPROC_DIR"], {os.getpid(), *server.WORKERS})
+    except Exception as exc:  # the master must outlive any metrics trouble
+        server.log.error("metrics of dead workers not merged: %s", exc.__class__.__name__)
 
 
 def pre_request(worker, req):
     """gunicorn's default logs "METHOD /path" at debug level, and a path can carry an identifier;
-    the service writes its own request line with the route template instead."""
+    the service writes its own request line with the route template instead. The request object
+    is handed to the service so that it can close the connection after an answer that leaves
+    the body unread, or while draining (service/connection.py)."""
+    from service.connection import bind
+
+    bind(req)
 
 
 def post_worker_init(worker):

@@ -16,7 +16,8 @@ from service.exposure import binds_of, refuse_if_exposed
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    from service import api, auth, health, logs, metrics, problems, ui  # metrics: after PROMETHEUS_MULTIPROC_DIR
+    # metrics: imported only here, after PROMETHEUS_MULTIPROC_DIR is settled
+    from service import api, auth, connection, health, logs, metrics, problems, ui
     from service.cds_hooks import install as install_cds_hooks
     from service.evaluation import Evaluator
     from service.loader import load_knowledge
@@ -34,6 +35,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     logs.init_app(app)  # request id and the JSON request line; first, so its before_request runs first
     run_self_check(app.extensions["evaluator"])  # raises: cases that must pass at every start (rules/README.md)
     metrics.init_app(app)  # GET /metrics and the request metrics
+    connection.init_app(app)  # Connection: close after errors that leave the body unread, and while draining
     auth.init_app(app)  # API keys on /v1/ and security headers on every response
     problems.register(app)
     app.register_blueprint(api.bp)

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, request
 
+from service.body import read_body
 from service.errors import BadRequest, NotFound, UnsupportedMediaType
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
@@ -32,7 +33,7 @@ def read_json_body() -> Any:
         raise UnsupportedMediaType(
             f"Send the body as application/json (got {mimetype or 'no Content-Type'})."
         )
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    raw = read_body()  # 413 past the limit (chunked bodies too); 400 for broken chunked framing
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

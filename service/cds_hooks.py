@@ -52,6 +52,7 @@ from service.fhir_out import (
 )
 from service.hooks_auth import AuthenticationFailed, Authenticator, HooksConfigError, load_issuers
 from service.knowledge import Knowledge
+from service.replay_store import from_config as replay_store_from_config
 
 log = logging.getLogger("service.cds_hooks")
 bp = Blueprint("cds_hooks", __name__)
@@ -308,7 +309,8 @@ def install(app: Flask, knowledge: Knowledge) -> None:
     settings = HooksSettings(
         auth=Authenticator(issuers, leeway=int(cfg.get("HOOKS_JWT_LEEWAY", 30)),
                            max_lifetime=int(cfg.get("HOOKS_JWT_MAX_LIFETIME", 3600)),
-                           replay_cache_size=int(cfg.get("HOOKS_REPLAY_CACHE_SIZE", 100_000))),
+                           replay_cache_size=int(cfg.get("HOOKS_REPLAY_CACHE_SIZE", 100_000)),
+                           replay_store=replay_store_from_config(cfg) if issuers else None),
         fetcher=FhirFetcher(_list(cfg.get("HOOKS_FHIR_SERVERS")), timeout=float(cfg.get("HOOKS_FHIR_TIMEOUT", 5))),
         cors_origins=_list(cfg.get("HOOKS_CORS_ORIGINS")),
         base_url=base_url,

@@ -29,6 +29,8 @@ _SETTINGS: dict[str, tuple[str, Any, Any]] = {
     "HOOKS_JWT_MAX_LIFETIME": ("CDS_HOOKS_JWT_MAX_LIFETIME", 3600, int),  # seconds, exp - iat
     "HOOKS_JWT_LEEWAY": ("CDS_HOOKS_JWT_LEEWAY", 30, int),  # seconds of clock skew
     "HOOKS_REPLAY_CACHE_SIZE": ("CDS_HOOKS_REPLAY_CACHE_SIZE", 100_000, int),  # jti entries per process
+    "HOOKS_REPLAY_DB": ("CDS_HOOKS_REPLAY_DB", "", str),  # SQLite jti store shared by a pod's workers
+    "HOOKS_REPLAY_REDIS_URL": ("CDS_HOOKS_REPLAY_REDIS_URL", "", str),  # Redis jti store shared by every pod
     "HOOKS_FHIR_SERVERS": ("CDS_HOOKS_FHIR_SERVERS", "", str),  # FHIR bases the service may read with a token
     "HOOKS_FHIR_TIMEOUT": ("CDS_HOOKS_FHIR_TIMEOUT", 5.0, float),  # seconds per FHIR read
     "HOOKS_MAX_BODY_BYTES": ("CDS_HOOKS_MAX_BODY_BYTES", 2 * 1024 * 1024, int),  # CDS Hooks bodies (prefetch)

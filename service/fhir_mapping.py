@@ -220,6 +220,9 @@ def parse_fhir_datetime(value: Any, path: str, *, latest: bool) -> datetime:
         return dt
     except ValueError:
         raise FhirInputError(path, "is not a valid calendar date") from None
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 or 0001-01-01T00:30:00+01:00 in UTC
+        raise FhirInputError(path, "is outside the dates this service can read (0001-01-01 to 9999-12-31 in UTC)") \
+            from None
 
 
 def age_in_years(birth_date: str, today: date, path: str) -> int:
@@ -330,9 +333,19 @@ def resources_of(value: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{epath}.resource", inner
 
 
-def _ref(resource: dict[str, Any]) -> str:
+# FHIR R4 `id`: 1-64 of these characters. Checked on every resource read, because the id is
+# echoed into the card's markdown and provenance: an id such as `[Re-login](https://evil.example)`
+# would otherwise reach the clinician's screen.
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+
+def _ref(resource: dict[str, Any], path: str) -> str:
     rid = resource.get("id")
-    return f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else str(resource["resourceType"])
+    if rid is None:
+        return str(resource["resourceType"])
+    if not isinstance(rid, str) or not FHIR_ID.fullmatch(rid):
+        raise FhirInputError(f"{path}.id", "is not a FHIR id (1-64 characters of A-Z, a-z, 0-9, '-' and '.')")
+    return f"{resource['resourceType']}/{rid}"
 
 
 # --- mapping -------------------------------------------------------------------------------
@@ -387,7 +400,7 @@ class _Mapper:
 
     # -- Observation
     def observation(self, obs: dict[str, Any], path: str) -> None:
-        source = _ref(obs)
+        source = _ref(obs, path)
         _check_subject(obs, path, self.patient_id)
         status = _opt_str(obs, "status", path)
         components = [(f"{path}.component[{i}]", _obj(c, f"{path}.component[{i}]"))
@@ -546,7 +559,7 @@ class _Mapper:
 
     # -- Condition
     def condition(self, cond: dict[str, Any], path: str) -> None:
-        source = _ref(cond)
+        source = _ref(cond, path)
         _check_subject(cond, path, self.patient_id)
         finding = self._finding(_concepts(cond, "code", path), source)
         if finding is None:
@@ -608,6 +621,7 @@ def map_patient(resource: dict[str, Any] | None, path: str, patient_id: str | No
         return None, None, []
     if resource.get("resourceType") != "Patient":
         raise FhirInputError(f"{path}.resourceType", "must be Patient")
+    ref = _ref(resource, path)  # validates the id
     rid = resource.get("id")
     if patient_id is not None and isinstance(rid, str) and rid != patient_id:
         raise FhirInputError(f"{path}.id", "is not context.patientId")
@@ -622,7 +636,7 @@ def map_patient(resource: dict[str, Any] | None, path: str, patient_id: str | No
         if 0 <= years <= 120:
             age = float(years)
         else:
-            ignored.append({"resource": _ref(resource), "reason": "birthDate gives an age outside 0..120"})
+            ignored.append({"resource": ref, "reason": "birthDate gives an age outside 0..120"})
     return age, sex, ignored
 
 

@@ -160,9 +160,19 @@ def operation_outcome(issues: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the card ------------------------------------------------------------------------------
 
 
+# Every ASCII punctuation character may be backslash-escaped in CommonMark (and GFM tables),
+# and escaped it is always literal text. So anything that comes from the record (ids, units,
+# statuses) and any display text is escaped whole: no link, image, emphasis, HTML, table cell
+# break or autolink can be made from it. Line breaks and other control characters become spaces
+# so that a value cannot start a new block (a heading, a list, a table row).
+_MD_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_MD_TABLE = str.maketrans({c: "\\" + c for c in _MD_PUNCTUATION})
+
+
 def _md(text: Any) -> str:
-    """Escape what would break a markdown table cell or start markup."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """`text` as literal markdown text."""
+    clean = "".join(" " if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029") else c for c in str(text))
+    return clean.translate(_MD_TABLE)
 
 
 def summary_for(answer: dict[str, Any]) -> str:

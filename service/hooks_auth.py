@@ -38,6 +38,7 @@ import jwt
 from jwt import PyJWK
 
 from service.errors import StartupRefused
+from service.replay_store import ReplayStore, ReplayStoreError
 
 log = logging.getLogger("service.hooks_auth")
 
@@ -143,10 +144,9 @@ def load_issuers(raw: str | Mapping[str, Any] | None) -> dict[str, Issuer]:
 @dataclass
 class ReplayCache:
     """`jti`s seen, until their token expires. Bounded (oldest dropped first when full) and
-    per process: a multi-worker deployment (gunicorn) either needs a shared cache (e.g.
-    Redis SET NX with expiry) or accepts that a replay landing on another worker within the
-    token's lifetime is not detected. Tokens are short-lived (CDS_HOOKS_JWT_MAX_LIFETIME),
-    which bounds that window."""
+    per process: the fallback when no shared store is configured (in-process use and tests).
+    Under gunicorn, deploy/gunicorn.conf.py configures the SQLite store shared by the workers,
+    or Redis is configured for every pod (service/replay_store.py)."""
 
     max_entries: int = 100_000
     _seen: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
@@ -178,11 +178,12 @@ class ReplayCache:
 
 class Authenticator:
     def __init__(self, issuers: dict[str, Issuer], *, leeway: int = 30, max_lifetime: int = 3600,
-                 replay_cache_size: int = 100_000) -> None:
+                 replay_cache_size: int = 100_000, replay_store: ReplayStore | None = None) -> None:
         self.issuers = issuers
         self.leeway = leeway
         self.max_lifetime = max_lifetime
-        self.replay = ReplayCache(replay_cache_size)
+        # Shared by the workers (SQLite) or the pods (Redis) when configured: service/replay_store.py
+        self.replay: ReplayStore = replay_store or ReplayCache(replay_cache_size)
 
     @property
     def enabled(self) -> bool:
@@ -245,6 +246,11 @@ class Authenticator:
             raise AuthenticationFailed("not yet valid (nbf)")
         if exp - iat > self.max_lifetime:
             raise AuthenticationFailed("lifetime longer than allowed")
-        if not self.replay.add(issuer.iss, jti, float(exp) + self.leeway, now):
+        try:
+            fresh = self.replay.add(issuer.iss, jti, float(exp) + self.leeway, now)
+        except ReplayStoreError as exc:  # fail closed: without the store a replay cannot be told
+            log.error("CDS Hooks replay store unavailable: %s", exc)
+            raise AuthenticationFailed("replay store unavailable") from None
+        if not fresh:
             raise AuthenticationFailed("jti replayed")
         return claims

@@ -4,7 +4,9 @@ Two modes, chosen when `prometheus_client` is first imported:
 - **multiprocess** (under gunicorn): `PROMETHEUS_MULTIPROC_DIR` is set (deploy/gunicorn.conf.py sets
   it before the app is imported). Each worker writes its samples to files in that directory and
   `GET /metrics` sums them with a fresh `CollectorRegistry` + `MultiProcessCollector` per scrape.
-  gunicorn's `on_starting` empties the directory and `child_exit` marks dead workers.
+  gunicorn's `on_starting` empties the directory and `child_exit` merges dead workers' files into
+  an archive; the files are preallocated so that a full volume never kills a worker
+  (service/metrics_files.py).
 - **single process** (tests, `flask run`): the default registry.
 
 Label values come only from closed sets: route templates, HTTP methods, status codes, tiers, the
@@ -33,12 +35,15 @@ if MULTIPROC_DIR:
 import prometheus_client  # noqa: E402  (after the multiprocess directory is settled)
 from flask import Blueprint, Flask, Response, current_app  # noqa: E402
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram  # noqa: E402
-from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric  # noqa: E402
 
-from service import logs  # noqa: E402
+from service import logs, metrics_files  # noqa: E402
 from service.knowledge import TIER_RANK, Knowledge  # noqa: E402
 
 prometheus_client.disable_created_metrics()  # `_created` series double the output for nothing here
+# Before the first metric exists: its files are preallocated, so a full metrics volume is an
+# OSError and a counted error, never a SIGBUS that kills the worker (service/metrics_files.py).
+metrics_files.install()
 
 PREFIX = "legpain_cds"
 # Request latency: fine steps from 1 to 50 ms (where evaluations live), coarse above.
@@ -203,6 +208,18 @@ class InfoCollector:
         yield build
 
 
+class StorageCollector:
+    """`legpain_cds_metrics_storage_errors_total`: metric files that could not be created or
+    grown (full volume); read at scrape time from a file preallocated at start."""
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(f"{PREFIX}_metrics_storage_errors",
+                                     "Metric files that could not be created or grown (e.g. a full volume); the "
+                                     "worker concerned keeps counting in memory.")
+        errors.add_metric([], metrics_files.storage_errors())
+        yield errors
+
+
 class _Chain:
     def __init__(self, *collectors: Any) -> None:
         self.collectors = collectors
@@ -228,8 +245,11 @@ def exposition(k: Knowledge, revision: str = "unknown") -> bytes:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return prometheus_client.generate_latest(_Chain(registry, info))
-    return prometheus_client.generate_latest(_Chain(REGISTRY, info))
+        # Shared lock: gunicorn's master merges dead workers' files under the exclusive one, so
+        # a scrape never sees a sample both in the archive and in its worker's file.
+        with metrics_files.locked(MULTIPROC_DIR, exclusive=False):
+            return prometheus_client.generate_latest(_Chain(registry, info, StorageCollector()))
+    return prometheus_client.generate_latest(_Chain(REGISTRY, info, StorageCollector()))
 
 
 bp = Blueprint("metrics", __name__)

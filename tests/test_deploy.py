@@ -119,18 +119,21 @@ def test_every_alert_is_unit_tested():
 def test_deployment_probes_security_and_resources(manifests):
     dep = manifests["Deployment"]
     pod = dep["spec"]["template"]["spec"]
-    (c,) = pod["containers"]
-    port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+    c, proxy = pod["containers"]  # gunicorn, and the nginx sidecar in front of it
+    assert (c["name"], proxy["name"]) == ("api", "proxy")
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["app"]
     assert env_of(dep)["CDS_BIND"] == f"0.0.0.0:{port}"
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz/live", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": "http"}
-    sc = c["securityContext"]
-    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"]["drop"] == ["ALL"] and sc.get("privileged") is False
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz/live", "port": "app"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": "app"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": "http"}
+    for container in (c, proxy):
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc.get("privileged") is False
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind])
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert pod["automountServiceAccountToken"] is False
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(c["resources"][kind])
     # the only writable path is an emptyDir at /tmp, and the multiprocess directory is on it
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -147,6 +150,9 @@ def test_shutdown_budget_fits(manifests):
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     probe = dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
     assert 0 < drain < graceful < grace
+    # The proxy keeps forwarding through the drain (its preStop sleep), within the grace period.
+    pre_stop = dep["spec"]["template"]["spec"]["containers"][1]["lifecycle"]["preStop"]["exec"]["command"]
+    assert drain < float(pre_stop[-1]) < grace
     assert probe["periodSeconds"] * probe["failureThreshold"] < drain
     assert int(env["CDS_WORKER_TIMEOUT"]) < grace
 
@@ -193,6 +199,9 @@ def test_network_policy_admits_the_service_port(manifests):
     target = manifests["Service"]["spec"]["ports"][0]["targetPort"]
     for rule in np["ingress"]:
         assert [p["port"] for p in rule["ports"]] == [target]
+    # ... and that port is the nginx sidecar's: nothing reaches gunicorn around the proxy.
+    proxy = manifests["Deployment"]["spec"]["template"]["spec"]["containers"][1]
+    assert target in {p["name"] for p in proxy["ports"]}
 
 
 def test_containerfile_runs_as_non_root_with_a_health_check():
