@@ -71,7 +71,7 @@ def test_a_malformed_blind_file_names_itself(tmp_path):
     with pytest.raises(ServiceError, match=r"cases/blind/x.yaml: case id a is used twice"):
         load_blind_cases(tmp_path)
     (folder / "x.yaml").write_text("cases:\n  - {id: a, expect: {tier: later}}\n")
-    with pytest.raises(ServiceError, match="needs an id and expect.tier"):
+    with pytest.raises(ServiceError, match=r"needs an id and expect\.tier"):
         load_blind_cases(tmp_path)
 
 
