@@ -77,7 +77,7 @@ def test_an_unusable_sqlite_path_stops_the_service_naming_the_variable(tmp_path)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     with pytest.raises(ReplayStoreConfigError, match="CDS_HOOKS_REPLAY_DB"):
-        create_app({"TESTING": True, "HOOKS_REPLAY_DB": str(blocker / "jti.sqlite3"),
+        create_app({"TESTING": True, "HOOKS_REPLAY_DB": str(blocker / "jti.sqlite3"), "HOOKS_BASE_URL": PUBLIC,
                     "HOOKS_TRUSTED_ISSUERS": json.dumps({ISS_EC: {"keys": [public_jwk(EC_KEY, "ec-1", "ES384")]}})})
 
 
