@@ -3,5 +3,5 @@
 # Extra arguments go to `python -m service serve` (e.g. --bind 127.0.0.1:9000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh serve  # only what serving needs: no test extras
 exec .venv/bin/python -m service serve "$@"
