@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +261,21 @@ def test_the_deployment_is_not_exposed_without_authentication(manifests):
     assert secret["secretName"] == "legpain-cds-auth"
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "auth")
     assert env["CDS_API_KEYS_FILE"].startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+
+
+def test_the_image_tag_is_the_service_version_everywhere():
+    """One source: service.__version__. Every place that names the image's tag or version says it."""
+    from service import __version__
+
+    found: dict[str, set[str]] = {}
+    for rel in ("README.md", "deploy/Containerfile", "deploy/k8s/deployment.yaml"):
+        tags = re.findall(r"legpain-cds:(\d+\.\d+\.\d+\S*)", (ROOT / rel).read_text())
+        assert tags, f"{rel} names no legpain-cds:<tag>"
+        found[rel] = set(tags)
+    label = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', (DEPLOY / "Containerfile").read_text())
+    assert label, "the Containerfile labels the image's version"
+    found["Containerfile label"] = {label.group(1)}
+    assert all(tags == {__version__} for tags in found.values()), found
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["dynamic"] == ["version"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "service.__version__"}

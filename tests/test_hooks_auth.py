@@ -25,9 +25,10 @@ from service.hooks_auth import (
     ReplayCache,
     load_issuers,
 )
+from tests.conftest import SHARED as SHARED_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT / ".." / "shared" / "cds-hooks"
+SHARED = SHARED_ROOT / "cds-hooks"
 ISS_EC = "https://ehr.example.org"
 ISS_RSA = "https://other-ehr.example.com/"
 ISS_JKU = "https://jku-ehr.example.net"
