@@ -36,6 +36,12 @@ def fired(result) -> list[str]:
 
 # H1 ------------------------------------------------------------------------------------------
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="H1 is undefined behaviour (the engine frees fields it never set): measured here, it crashes "
+           "on 3.11 every time but happened not to crash on 3.12.1 and 3.13.0; the sentinel guard stays "
+           "and its test below runs on every version",
+)
 def test_h1_raw_engine_crashes_deleting_a_session_where_no_action_ran():
     """Shows the hazard is real on this machine: without a sentinel the process dies."""
     proc = run_py("""
