@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 from service.auth import exposure_problem
+from service.startup import config_problem, port_problem
 
 # Prometheus multiprocess mode (service/metrics.py). The variable must be set before
 # prometheus_client is first imported, which the preloaded app does after this file is read;
@@ -36,6 +37,11 @@ bind = os.environ.get("CDS_BIND", "127.0.0.1:8000")
 _exposure = exposure_problem([bind], dict(os.environ))
 if _exposure:
     sys.stderr.write(_exposure + "\n")
+    sys.exit(2)
+# A malformed API key or issuer list: one line now, not the app factory's traceback later.
+_config = config_problem(os.environ)
+if _config:
+    sys.stderr.write(_config + "\n")
     sys.exit(2)
 workers = int(os.environ.get("CDS_WORKERS", multiprocessing.cpu_count() + 1))
 worker_class = os.environ.get("CDS_WORKER_CLASS", "gthread")  # gthread | sync: see the docstring
@@ -68,7 +74,16 @@ loglevel = os.environ.get("CDS_LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Empty the metrics directory: samples of a previous run must not be summed in."""
+    """Before binding: a port already in use gets one line saying how to pick another, instead of
+    gunicorn's five retries and "Can't connect". Not when gunicorn inherits its sockets (a
+    USR2 upgrade or systemd): the port is then ours and in use by design. Then empty the
+    metrics directory: samples of a previous run must not be summed in."""
+    if not (os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")):
+        for address in server.cfg.bind:
+            problem = port_problem(address)
+            if problem:
+                sys.stderr.write(problem + "\n")
+                sys.exit(2)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for f in glob.glob(os.path.join(path, "*.db")):  # only prometheus_client's files

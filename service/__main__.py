@@ -30,8 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.bind:
         os.environ["CDS_BIND"] = args.bind
     from service.auth import exposure_problem
+    from service.startup import DEFAULT_BIND, config_problem, port_problem
 
-    problem = exposure_problem([os.environ.get("CDS_BIND", "127.0.0.1:8000")], dict(os.environ))
+    bind = os.environ.get("CDS_BIND", DEFAULT_BIND)
+    # Checked here as well as in the gunicorn config, so that the one line comes before any log.
+    problem = exposure_problem([bind], dict(os.environ)) or config_problem(os.environ) or port_problem(bind)
     if problem:
         print(problem, file=sys.stderr)
         return 2
