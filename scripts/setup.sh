@@ -43,6 +43,13 @@ up_to_date() {
   done
   return 1
 }
+# A venv keeps the Python it was made with: asking for another one is a mistake worth a message.
+version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+if [ -x "$VENV/bin/python" ] && [ "$(version_of "$VENV/bin/python")" != "$(version_of "$PYTHON")" ]; then
+  echo "setup: $VENV holds Python $(version_of "$VENV/bin/python"), but PYTHON=$PYTHON is $(version_of "$PYTHON");" \
+       "remove $VENV, or give this Python its own venv (VENV=.venv-$(version_of "$PYTHON"))" >&2
+  exit 1
+fi
 if [ "$ROLE" = serve ] && up_to_date serve test; then exit 0; fi
 if [ "$ROLE" = test ] && up_to_date test; then exit 0; fi
 

@@ -98,3 +98,16 @@ def test_a_second_setup_with_nothing_changed_runs_no_pip_and_prints_nothing():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == proc.stderr == ""
     assert time.monotonic() - start < 5
+
+
+def test_a_venv_of_another_python_is_named_not_reused():
+    mine = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pyenv = Path(os.path.expanduser("~/.pyenv/versions"))
+    others = [p for v in ("3.11", "3.12", "3.13") if v != mine
+              for p in [shutil.which(f"python{v}"), *pyenv.glob(f"{v}*/bin/python{v}")]
+              if p and subprocess.run([str(p), "-c", ""], capture_output=True).returncode == 0]
+    if not others:
+        pytest.skip(f"no Python but {mine} on this machine")
+    proc = setup(PYTHON=str(others[0]), VENV=sys.prefix)
+    assert proc.returncode == 1
+    assert f"holds Python {mine}" in proc.stderr and "remove" in proc.stderr and "VENV=.venv-" in proc.stderr
