@@ -13,7 +13,10 @@ import atexit
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+
+from service.startup import config_problem, port_problem
 
 # Prometheus multiprocess mode (service/metrics.py). The variable must be set before
 # prometheus_client is first imported, which the preloaded app does after this file is read;
@@ -38,6 +41,11 @@ bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8000").split(",
 # Exposed beyond loopback, the service must not run open (service/exposure.py). Not checked
 # here: `-b` on the command line and GUNICORN_CMD_ARGS override this file after it is read, so
 # only the hooks below see the final addresses.
+# A malformed API key or issuer list: one line now, not the app factory's traceback later.
+_config = config_problem(os.environ)
+if _config:
+    sys.stderr.write(_config + "\n")
+    sys.exit(2)
 workers = int(os.environ.get("CDS_WORKERS", multiprocessing.cpu_count() + 1))
 worker_class = os.environ.get("CDS_WORKER_CLASS", "gthread")  # gthread | sync: see the docstring
 threads = int(os.environ.get("CDS_THREADS", "1" if worker_class == "sync" else "4"))
@@ -80,11 +88,19 @@ def _refuse_if_exposed(binds):
 
 
 def on_starting(server):
-    """Refuse an exposed and open start before anything binds: server.cfg.bind is final here
-    (config file, command line and GUNICORN_CMD_ARGS merged). Then empty the metrics directory
-    (samples of a previous run must not be summed in) and preallocate the storage-error tally
-    while there is room (service/metrics_files.py)."""
+    """Before binding: refuse an exposed and open start (server.cfg.bind is final here: config
+    file, command line and GUNICORN_CMD_ARGS merged); a port already in use gets one line saying
+    how to pick another, instead of gunicorn's five retries and "Can't connect" (not when
+    gunicorn inherits its sockets: a USR2 upgrade or systemd, where the port is ours by design).
+    Then empty the metrics directory (samples of a previous run must not be summed in) and
+    preallocate the storage-error tally while there is room (service/metrics_files.py)."""
     _refuse_if_exposed(server.cfg.bind)
+    if not (os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")):
+        for address in server.cfg.bind:
+            problem = port_problem(address)
+            if problem:
+                sys.stderr.write(problem + "\n")
+                sys.exit(2)
     from service.metrics_files import prepare_directory
 
     prepare_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -14,6 +14,12 @@ from flask import Flask
 from service.config import load_config
 from service.exposure import binds_of, refuse_if_exposed
 
+# The one place the version is written: pyproject.toml reads it (dynamic version), the image tag in
+# deploy/Containerfile, deploy/k8s/deployment.yaml and the README must equal it
+# (tests/test_deploy.py), and legpain_cds_build_info reports it, also in the container, where the
+# package is not installed.
+__version__ = "0.1.0"
+
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     # metrics: imported only here, after PROMETHEUS_MULTIPROC_DIR is settled

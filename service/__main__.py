@@ -37,9 +37,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.bind:
         os.environ["CDS_BIND"] = args.bind
     from service.exposure import binds_of, exposure_problem
+    from service.startup import config_problem, port_problem
 
     config = load_config()
-    problem = exposure_problem(binds_of(config["BIND"]), config)
+    binds = binds_of(config["BIND"])
+    # Checked here as well as in the gunicorn config, so that the one line comes before any log.
+    problem = (exposure_problem(binds, config) or config_problem(os.environ)
+               or next((p for p in map(port_problem, binds) if p), None))
     if problem:
         print(problem, file=sys.stderr)
         return 2

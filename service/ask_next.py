@@ -19,6 +19,10 @@ the same weight. A finding is worth its strongest consequence plus a tenth of th
 The answer keeps the four best questions for urgency (red-flag screening must never drop
 out) and the three best for the differential (so that screening never crowds out the
 question that tells causes apart), ranked together by total credit.
+
+A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
+blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
+six: rules on age can never fire without it, and a nurse can answer it at once.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from service.engine import EngineResult, Fact, compare, leaf_matches
-from service.knowledge import TIER_RANK, Group, Knowledge, Leaf, Rule
+from service.knowledge import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
 
 if TYPE_CHECKING:
     from service.evaluation import Encounter
@@ -36,6 +40,12 @@ if TYPE_CHECKING:
 # and three slots dropped saddle sensation. Three differential slots, as before.
 URGENCY_SLOTS = 4
 DIFFERENTIAL_SLOTS = 3
+# Unknown patient attributes in the three-valued reading, kept apart from finding codes.
+PATIENT_KEYS = {"age": "patient:age", "sex": "patient:sex"}
+PATIENT_QUESTIONS = {
+    "age": ("Age", "How old is the patient, in years?", "number", "a"),
+    "sex": ("Sex", "What is the patient's sex?", "choice", None),
+}
 MAX_UNKNOWN_PER_RULE = 2
 BREADTH = 0.1
 _TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
@@ -75,6 +85,12 @@ class QuestionRanker:
                    if sum(self.impact[p.rule.id][tier]) > 0 or p.score]
             for tier in TIER_RANK
         }
+        # patient attribute -> the rules that test it (age rules cannot fire without an age)
+        self.patient_rules: dict[str, list[str]] = {}
+        for rule in k.rules:
+            for leaf in [*rule.when.positive_leaves(), *rule.when.none]:
+                if leaf.kind == "patient" and rule.id not in self.patient_rules.get(leaf.key, []):
+                    self.patient_rules.setdefault(leaf.key, []).append(rule.id)
         # score id -> the rules that test it (thresholds), for score items' worth
         self.thresholds: dict[str, list[tuple[Rule, list[Leaf]]]] = {}
         for rule in k.rules:
@@ -119,13 +135,38 @@ class QuestionRanker:
                 reasons.setdefault(code, []).append(rule.id)
 
         credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
-        by_urgency = sorted((c for c in credit if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:URGENCY_SLOTS]
+        findings = [c for c in credit if c in self.k.findings]
+        by_urgency = sorted((c for c in findings if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:URGENCY_SLOTS]
         by_differential = sorted(
-            (c for c in credit if credit[c][1] > 0 and c not in by_urgency), key=lambda c: (-credit[c][1], c),
+            (c for c in findings if credit[c][1] > 0 and c not in by_urgency), key=lambda c: (-credit[c][1], c),
         )[:DIFFERENTIAL_SLOTS]
         chosen = sorted(by_urgency + by_differential, key=lambda c: (-sum(credit[c]), c))
-        return [self._question(code, sum(credit[code]), reasons[code],
-                               "urgency" if code in by_urgency else "differential") for code in chosen]
+        first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []))
+                 for attr, key in PATIENT_KEYS.items() if attr in self.missing_patient(enc)]
+        return first + [self._question(code, sum(credit[code]), reasons[code],
+                                       "urgency" if code in by_urgency else "differential") for code in chosen]
+
+    def missing_patient(self, enc: Encounter) -> list[str]:
+        """The patient attributes the rule set tests that this request did not give."""
+        given = {"age": enc.age, "sex": enc.sex}
+        return [attr for attr in PATIENT_KEYS if attr in self.patient_rules and given[attr] is None]
+
+    def _patient_question(self, attr: str, credit: Impact, near_misses: list[str]) -> dict[str, Any]:
+        display, question, kind, unit = PATIENT_QUESTIONS[attr]
+        rules = near_misses or self.patient_rules[attr]
+        titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
+        return {
+            "patient": attr,
+            "display": display,
+            "question": question,
+            "type": kind,
+            **({"unit": unit} if unit else {}),
+            **({"choices": list(SEXES)} if attr == "sex" else {}),
+            "aim": "urgency" if credit[0] > 0 else "differential",
+            "impact": round(sum(credit), 2),
+            "why": f"Not given, so {len(self.patient_rules[attr])} rule(s) on it could not fire: {titles}",
+            "rules": rules,
+        }
 
     def _question(self, code: str, impact: float, rules: list[str], aim: str) -> dict[str, Any]:
         f = self.k.findings[code]
@@ -200,6 +241,8 @@ def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
             return frozenset({leaf.key})
         return _TRUE if leaf_matches(leaf, fact) else None
     if leaf.kind == "patient":
+        if (patient.value if leaf.key == "age" else patient.choice) is None:
+            return frozenset({PATIENT_KEYS[leaf.key]})  # not given: unknown, like an unreported finding
         return _TRUE if leaf_matches(leaf, patient) else None
     if leaf.kind == "fact":
         return _TRUE if leaf.key in derived else pending.get(leaf.key)

@@ -30,7 +30,11 @@ H10 exceptions inside actions are swallowed, and engine messages carry the whole
     actions record their own exceptions, and every engine failure is re-raised as an
     `EngineError` with a fixed message, never the engine's.
 H11 the C engine has no locking: one process-wide lock around each evaluation.
-H12 Python 3.13 does not import it: pyproject pins Python < 3.13.
+H12 Python 3.13 removed `PyEval_CallObject`, which its C code calls: scripts/setup.sh and
+    deploy/Containerfile build it there with `-DPyEval_CallObject=PyObject_CallObject` on CC.
+    From Python 3.12 its engine calls the deprecated `datetime.utcfromtimestamp` in every
+    action: pytest ignores exactly that DeprecationWarning from `durable.engine` (pyproject.toml),
+    since under `-W error` it would turn every action into an engine error.
 
 Chaining runs in rounds driven from here: the rules' actions record what they derive; the
 adapter then asserts the new derived facts as the next batch, until nothing new is derived.

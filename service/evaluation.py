@@ -88,6 +88,7 @@ class _Assembler:
             "evaluation_id": str(uuid.uuid4()),
             "ruleset": {"name": self.k.name, "version": self.k.version, "sha256": self.k.sha256},
             "urgency": {"tier": tier, "reasons": reasons},
+            "warnings": self._warnings(),
             "red_flags": self._red_flags(),
             "differential": self._differential(),
             **self._tests(),
@@ -101,6 +102,21 @@ class _Assembler:
         if self.enc.encounter_id is not None:
             body["encounter_id"] = self.enc.encounter_id
         return body
+
+    def _warnings(self) -> list[dict[str, Any]]:
+        """What the request left out that the answer depends on: a rule on age can never fire
+        without an age, which would otherwise pass silently."""
+        out = []
+        for attr in self.ranker.missing_patient(self.enc):
+            rules = self.ranker.patient_rules[attr]
+            out.append({
+                "code": f"{attr}-missing",
+                "pointer": f"/patient/{attr}",
+                "text": f"No {attr} was given, so the {len(rules)} rule(s) that depend on {attr} could not fire; "
+                        f"send patient.{attr} (it is asked first in ask_next).",
+                "rules": rules,
+            })
+        return out
 
     def _tier(self) -> tuple[str, list[dict[str, Any]]]:
         tier = "routine"

@@ -47,6 +47,7 @@ from typing import Any
 
 from service.evaluation import Encounter
 from service.knowledge import SEXES, Finding, Knowledge
+from service.units import convert
 
 LOCAL_FINDING_SYSTEM = "urn:legpain-cds:finding"
 LOCAL_CHOICE_SYSTEM = "urn:legpain-cds:choice"
@@ -129,23 +130,8 @@ def prefetch_code_filter(k: Knowledge) -> str:
 
 
 # --- UCUM units ----------------------------------------------------------------------------
+# Conversion is service/units.py (a UCUM library); here only reading a Quantity's unit.
 
-# unit -> (dimension, factor to the dimension's base unit). Temperatures are handled apart.
-_UNITS: dict[str, tuple[str, float]] = {
-    "deg": ("angle", 1.0), "rad": ("angle", 180.0 / math.pi), "'": ("angle", 1 / 60), "''": ("angle", 1 / 3600),
-    "s": ("time", 1.0), "min": ("time", 60.0), "h": ("time", 3600.0), "d": ("time", 86400.0),
-    "wk": ("time", 604800.0), "mo": ("time", 2629800.0), "a": ("time", 31557600.0),  # mo = a/12, a = 365.25 d
-    "m": ("length", 1.0), "cm": ("length", 0.01), "mm": ("length", 0.001), "km": ("length", 1000.0),
-    "[in_i]": ("length", 0.0254), "[ft_i]": ("length", 0.3048),
-    "kg": ("mass", 1.0), "g": ("mass", 0.001), "mg": ("mass", 1e-6), "[lb_av]": ("mass", 0.45359237),
-    "1": ("unity", 1.0), "%": ("unity", 0.01),
-    # mass concentration (base g/L)
-    "g/L": ("mass/volume", 1.0), "g/dL": ("mass/volume", 10.0), "mg/L": ("mass/volume", 1e-3),
-    "mg/dL": ("mass/volume", 1e-2), "ug/mL": ("mass/volume", 1e-3), "ug/L": ("mass/volume", 1e-6),
-    "ug/dL": ("mass/volume", 1e-5), "ng/mL": ("mass/volume", 1e-6), "ng/L": ("mass/volume", 1e-9),
-    "pg/mL": ("mass/volume", 1e-9),
-}
-_TEMPERATURES = {"Cel", "[degF]", "K"}
 # Human-readable `unit` strings seen in EHR data, used only when no UCUM `code` is given.
 _ALIASES = {
     "°": "deg", "degree": "deg", "degrees": "deg",
@@ -170,20 +156,6 @@ def ucum_unit(system: str | None, code: str | None, unit: str | None) -> str | N
     if system != UCUM:
         raw = _ALIASES.get(raw, _ALIASES.get(raw.lower(), raw))
     return raw
-
-
-def convert(value: float, source: str, target: str) -> float | None:
-    """value in UCUM unit `source` -> unit `target`; None when they are not commensurable."""
-    if source == target:
-        return value
-    if source in _TEMPERATURES and target in _TEMPERATURES:
-        kelvin = {"Cel": value + 273.15, "[degF]": (value - 32) * 5 / 9 + 273.15, "K": value}[source]
-        out = {"Cel": kelvin - 273.15, "[degF]": (kelvin - 273.15) * 9 / 5 + 32, "K": kelvin}[target]
-        return round(out, 6)
-    s, t = _UNITS.get(source), _UNITS.get(target)
-    if s is None or t is None or s[0] != t[0]:
-        return None
-    return round(value * s[1] / t[1], 6)
 
 
 # --- dates ---------------------------------------------------------------------------------

@@ -386,7 +386,7 @@ def guidance_response(answer: dict[str, Any], k: Knowledge, now: datetime | None
     })
     requirements = [{"type": "Observation", "codeFilter": [{"path": "code", "code": _finding_concept(k, q["finding"])
                                                            ["coding"]}]}
-                    for q in answer["ask_next"] if q["finding"] in k.findings]
+                    for q in answer["ask_next"] if q.get("finding") in k.findings]  # patient items: no finding
     if requirements:
         body["dataRequirement"] = requirements
     return body

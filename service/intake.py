@@ -17,6 +17,7 @@ from service.evaluation import Encounter
 from service.fhir_mapping import LOCAL_FINDING_SYSTEM, findings_for_coding
 from service.knowledge import Knowledge
 from service.schemas import MAX_FINDINGS, EvaluationRequestSchema
+from service.units import convert, describe
 
 _SCHEMA = EvaluationRequestSchema()
 
@@ -109,30 +110,44 @@ def _check_finding(k: Knowledge, f: dict[str, Any], ptr: str, errors: list[Field
     if "laterality" in f:
         out["laterality"] = f["laterality"]
     value = f.get("value")
+    in_unit = describe(finding.unit)
     if finding.type == "boolean":
         if value is not None:
-            errors.append(FieldError(f"{ptr}/value", "unexpected-value",
-                                     f"{code} is a yes/no finding; use 'present' instead of 'value'."))
+            errors.append(FieldError(
+                f"{ptr}/value", "unexpected-value",
+                f"{code} is a yes/no finding: use present, not value: {{\"code\": \"{code}\"}} or "
+                f"{{\"code\": \"{code}\", \"present\": false}}.",
+            ))
             return None
     elif finding.type == "number":
         if value is None:
             if f["present"]:
                 errors.append(FieldError(f"{ptr}/value", "missing-value",
-                                         f"{code} is a measurement in {finding.unit}; give its value."))
+                                         f"{code} is a measurement{' in' + in_unit if in_unit else ''}; "
+                                         "give its value."))
                 return None
-        elif isinstance(value, str):
-            errors.append(FieldError(f"{ptr}/value", "type", f"{code} takes a number in {finding.unit}."))
+        elif isinstance(value, str | bool):
+            errors.append(FieldError(f"{ptr}/value", "type",
+                                     f"{code} takes a number{' in' + in_unit if in_unit else ''}."))
             return None
         else:
             unit = f.get("unit")
             if unit is not None and unit != finding.unit:
-                errors.append(FieldError(f"{ptr}/unit", "unit",
-                                         f"{code} is measured in {finding.unit!r}, not {unit!r}."))
-                return None
+                # Any unit of the same kind is accepted (ng/mL where ug/L is declared) and converted,
+                # through the UCUM library: the rules only ever see the declared unit.
+                converted = convert(value, unit, finding.unit or "1")
+                if converted is None:
+                    errors.append(FieldError(
+                        f"{ptr}/unit", "unit",
+                        f"{code} is measured in {finding.unit!r}"
+                        f"{' (a pure number)' if not in_unit else ''}; {unit!r} is not a UCUM unit of the same kind.",
+                    ))
+                    return None
+                value = converted
             lo, hi = finding.range  # type: ignore[misc]
             if not lo <= value <= hi:
                 errors.append(FieldError(f"{ptr}/value", "out-of-range",
-                                         f"{code} must be between {lo:g} and {hi:g} {finding.unit}; got {value:g}.",
+                                         f"{code} must be between {lo:g} and {hi:g}{in_unit}; got {value:g}{in_unit}.",
                                          {"range": [lo, hi]}))
                 return None
             out["value"] = value
@@ -142,7 +157,7 @@ def _check_finding(k: Knowledge, f: dict[str, Any], ptr: str, errors: list[Field
                 errors.append(FieldError(f"{ptr}/value", "missing-value",
                                          f"{code} needs one of: {', '.join(finding.choices)}."))
                 return None
-        elif value not in finding.choices:
+        elif isinstance(value, bool) or value not in finding.choices:
             errors.append(FieldError(f"{ptr}/value", "invalid-choice",
                                      f"{code} must be one of: {', '.join(finding.choices)}; got {value!r}.",
                                      {"choices": list(finding.choices)}))

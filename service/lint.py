@@ -7,7 +7,8 @@ Errors:
 - a red flag that adding a finding could take away (its rule, or a rule it depends on through
   derived facts, uses `none` or a score with negative items): the safety property "adding a
   finding never lowers a tier forced by a red flag" must hold by construction;
-- a source document that is not in the shared sources folder;
+- a source document that is not in the shared sources folder (../shared/sources; where that
+  folder is absent the check is skipped, and a warning says so);
 - a clinical case that fails;
 - a red flag that no self-check case (`self_check: true`) expects in `red_flags_include`, or an
   emergency rule (`tier: emergency`, or raising an emergency red flag) that no self-check case
@@ -247,10 +248,17 @@ def _red_flags_are_monotone(k: Knowledge, errors: list[str]) -> None:
 
 
 def _sources(k: Knowledge, sources_dir: Path | None, errors: list[str], warnings: list[str]) -> None:
-    for s in k.sources.values():
-        in_folder = sources_dir is not None and sources_dir.is_dir()
-        if s.kind == "document" and in_folder and not (sources_dir / (s.file or "")).is_file():  # type: ignore[operator]
+    in_folder = sources_dir is not None and sources_dir.is_dir()
+    documents = [s for s in k.sources.values() if s.kind == "document"]
+    if documents and not in_folder:
+        # Said out loud: a clone without ../shared must not look as if the documents were checked.
+        warnings.append(f"skipped the source-document check: {sources_dir} is missing (the team's shared folder, "
+                        f"../shared, is not beside this clone), so the {len(documents)} cited source documents "
+                        "were not checked")
+    for s in documents:
+        if in_folder and not (sources_dir / (s.file or "")).is_file():  # type: ignore[operator]
             errors.append(f"source {s.id}: document {s.file} is not in {sources_dir}")
+    for s in k.sources.values():
         if s.kind == "guideline" and not (s.citation or s.url):
             warnings.append(f"source {s.id}: guideline has neither a citation nor a url")
     cited = {sid for r in k.rules for sid in r.sources}

@@ -230,12 +230,11 @@ class _Chain:
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    # From the source, not the installed distribution's metadata: the container and the
+    # development venv run the service from its source tree without installing it.
+    from service import __version__
 
-    try:
-        return version("legpain-cds")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
 
 def exposition(k: Knowledge, revision: str = "unknown") -> bytes:

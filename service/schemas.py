@@ -28,10 +28,14 @@ class StrictBoolean(fields.Boolean):
 
 
 class NumberOrChoice(fields.Field):
-    """A finding's value: a number (number findings) or a choice code (choice findings)."""
+    """A finding's value: a number (number findings) or a choice code (choice findings). A JSON
+    true/false passes here so that the vocabulary check can say what a yes/no finding takes
+    (`present`), which only it knows; it is refused there for every finding type."""
 
     def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, int | float | str):
             raise ValidationError("Must be a number, or a choice code for choice findings.")
         if isinstance(value, str) and not 0 < len(value) <= 64:
             raise ValidationError("A choice code is 1 to 64 characters.")
@@ -40,10 +44,21 @@ class NumberOrChoice(fields.Field):
         return value
 
 
+class StrictNumber(fields.Float):
+    """Only a JSON number: "58" is an error, not a guess (a string age is a client bug worth seeing)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"Must be a JSON number, e.g. 58, not {type(value).__name__} {value!r}"[:120] + ".")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class PatientSchema(StrictSchema):
-    age = fields.Float(
+    age = StrictNumber(
         allow_none=True, validate=validate.Range(0, 120),
-        metadata={"description": "Age in years", "example": 58},
+        metadata={"description": "Age in years, as a JSON number (a string such as \"58\" is refused). Without "
+                                 "it, the rules on age cannot fire: the answer then carries an `age-missing` "
+                                 "warning and asks for it first in ask_next", "example": 58},
     )
     sex = fields.String(allow_none=True, validate=validate.OneOf(SEXES), metadata={"example": "female"})
 
@@ -55,6 +70,13 @@ class CodingSchema(StrictSchema):
 
 
 class FindingInputSchema(StrictSchema):
+    # A finding sent as a bare string ("fever") is the commonest slip: show the shape instead of
+    # marshmallow's "Invalid input type."
+    error_messages: ClassVar[dict[str, str]] = {
+        "type": 'Each finding is an object, e.g. {"code": "fever"} (present), {"code": "fever", "present": false} '
+                '(denied) or {"code": "abi_value", "value": 0.72}.',
+    }
+
     system = fields.String(
         validate=validate.Length(1, 256),
         metadata={"description": "Optional code system: `code` is then a code of that system (e.g. "
@@ -73,13 +95,15 @@ class FindingInputSchema(StrictSchema):
                                  "A finding left out is unknown."},
     )
     value = NumberOrChoice(metadata={
-        "description": "Number findings: the measured value, in the finding's unit. "
-                       "Choice findings: one of its choices.",
+        "description": "Number findings: the measured value, in the finding's unit (or in `unit`). "
+                       "Choice findings: one of its choices. Yes/no findings take no value: use `present`.",
         "oneOf": [{"type": "number"}, {"type": "string", "minLength": 1, "maxLength": 64}],
     })
     unit = fields.String(
         validate=validate.Length(1, 32),
-        metadata={"description": "UCUM unit; when given it must be the finding's unit"},
+        metadata={"description": "UCUM unit of the value. Default: the finding's unit (GET /v1/findings); any "
+                                 "UCUM unit of the same kind is converted to it (ng/mL where ug/L is declared)",
+                  "example": "ug/L"},
     )
     laterality = fields.String(validate=validate.OneOf(LATERALITIES))
 
@@ -177,7 +201,13 @@ class NotIndicatedSchema(Schema):
 
 
 class AskNextSchema(Schema):
-    finding = fields.String(required=True)
+    finding = fields.String(metadata={"description": "The finding to ask about (a code of GET /v1/findings); "
+                                                     "absent on a `patient` item"})
+    patient = fields.String(
+        validate=validate.OneOf(["age", "sex"]),
+        metadata={"description": "A patient attribute the request did not give but rules test (send it as "
+                                 "patient.<attribute>); asked first, outside the six finding questions"},
+    )
     display = fields.String(required=True)
     question = fields.String(required=True)
     type = fields.String(required=True, validate=validate.OneOf(["boolean", "number", "choice"]))
@@ -191,6 +221,15 @@ class AskNextSchema(Schema):
     impact = fields.Float(required=True)
     why = fields.String(required=True)
     rules = fields.List(fields.String(), required=True)
+
+
+class AnswerWarningSchema(Schema):
+    code = fields.String(required=True, validate=validate.OneOf(["age-missing", "sex-missing"]))
+    pointer = fields.String(required=True, metadata={"description": "Where in the request it belongs",
+                                                     "example": "/patient/age"})
+    text = fields.String(required=True)
+    rules = fields.List(fields.String(), required=True,
+                        metadata={"description": "The rules that could not fire without it"})
 
 
 class AdviceOutSchema(Schema):
@@ -249,6 +288,11 @@ class EvaluationResponseSchema(Schema):
         fields.Nested(NotIndicatedSchema), required=True,
         metadata={"description": "Tests the rules advise against here (e.g. no MRI for a simple strain); "
                                  "never one that a rule recommends at urgent, asap or stat priority"},
+    )
+    warnings = fields.List(
+        fields.Nested(AnswerWarningSchema), required=True,
+        metadata={"description": "What the request left out that the answer depends on (e.g. no age: the "
+                                 "rules on age could not fire); empty when nothing is missing"},
     )
     ask_next = fields.List(fields.Nested(AskNextSchema), required=True)
     advice = fields.List(fields.Nested(AdviceOutSchema), required=True)

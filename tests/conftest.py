@@ -11,6 +11,29 @@ from service.loader import load_knowledge
 
 ROOT = Path(__file__).resolve().parent.parent
 MINI_RULES = ROOT / "tests" / "fixtures" / "mini_rules"
+# The team's shared folder, cloned beside the repository (as CI does): the CDS Hooks examples and
+# schemas and the source documents that some tests check against. A clone without it still runs
+# every other test; those marked `needs_shared` skip, saying why.
+SHARED = ROOT.parent / "shared"
+SHARED_MISSING = (f"needs ../shared ({SHARED}): the team's shared folder, with the CDS Hooks examples "
+                  "and schemas and the source documents, is not beside this clone")
+
+
+_SKIPPED_FOR_SHARED: list[str] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_shared") and not SHARED.is_dir():
+        _SKIPPED_FOR_SHARED.append(item.nodeid)
+        pytest.skip(SHARED_MISSING)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name each test skipped for want of ../shared: pytest's summary folds them into one line."""
+    if _SKIPPED_FOR_SHARED:
+        terminalreporter.section(f"skipped: {len(_SKIPPED_FOR_SHARED)} tests need ../shared ({SHARED})")
+        for nodeid in _SKIPPED_FOR_SHARED:
+            terminalreporter.write_line(nodeid)
 
 
 def mini_rules_with(target: Path, extra_rules: str = "") -> Path:

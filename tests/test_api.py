@@ -74,9 +74,10 @@ def test_same_input_same_output_whatever_the_order(mini_client):
 
 def test_ask_next_names_unknown_findings_that_would_change_the_answer(mini_client):
     body = mini_client.post("/v1/evaluations", json={"findings": [{"code": "a"}, {"code": "b"}]}).get_json()
-    asked = [q["finding"] for q in body["ask_next"]]
+    findings = [q for q in body["ask_next"] if "finding" in q]  # after the patient's missing age
+    asked = [q["finding"] for q in findings]
     assert asked[0] == "c"  # c would chain to flag X: an emergency
-    assert body["ask_next"][0]["question"] and "mini.chain_abc" in body["ask_next"][0]["rules"]
+    assert findings[0]["question"] and "mini.chain_abc" in findings[0]["rules"]
     assert not set(asked) & {"a", "b"}
 
 
@@ -99,7 +100,8 @@ def test_body_over_the_limit_is_413(mini_app):
     [
         ({"findings": [{"code": "aa"}]}, "/findings/0/code", "unknown-code"),
         ({"findings": [{"code": "angle", "value": 400}]}, "/findings/0/value", "out-of-range"),
-        ({"findings": [{"code": "angle", "value": 40, "unit": "rad"}]}, "/findings/0/unit", "unit"),
+        ({"findings": [{"code": "angle", "value": 40, "unit": "kg"}]}, "/findings/0/unit", "unit"),
+        ({"findings": [{"code": "angle", "value": 40, "unit": "rad"}]}, "/findings/0/value", "out-of-range"),
         ({"findings": [{"code": "angle"}]}, "/findings/0/value", "missing-value"),
         ({"findings": [{"code": "onset", "value": "slow"}]}, "/findings/0/value", "invalid-choice"),
         ({"findings": [{"code": "a", "value": 3}]}, "/findings/0/value", "unexpected-value"),
@@ -233,3 +235,63 @@ def test_deeply_nested_json_is_refused_cleanly(mini_client, depth):
     resp = mini_client.post("/v1/evaluations", data=body, content_type="application/json")
     assert resp.status_code == (400 if depth > 1024 else 422)
     assert resp.mimetype == "application/problem+json"
+
+
+# --- messages for the commonest client mistakes (real rule set) --------------------------------
+
+
+def finding_in(knowledge, unit: str) -> str:
+    code = next((c for c, f in sorted(knowledge.findings.items()) if f.type == "number" and f.unit == unit), None)
+    assert code, f"the vocabulary has a measurement in {unit!r}"
+    return code
+
+
+def only_error(resp) -> dict:
+    [error] = problem(resp, 422)["errors"]
+    return error
+
+
+def test_an_age_sent_as_a_string_is_refused_not_coerced(client):
+    error = only_error(client.post("/v1/evaluations", json={"patient": {"age": "58"}, "findings": []}))
+    assert error["pointer"] == "/patient/age" and "JSON number" in error["detail"]
+    assert client.post("/v1/evaluations", json={"patient": {"age": 58}, "findings": []}).status_code == 200
+
+
+def test_a_finding_sent_as_a_plain_string_is_shown_the_expected_shape(client):
+    error = only_error(client.post("/v1/evaluations", json={"findings": ["fever"]}))
+    assert error["pointer"] == "/findings/0" and '{"code": "fever"}' in error["detail"]
+
+
+@pytest.mark.parametrize("value", [True, "yes", 1])
+def test_a_yes_no_finding_given_a_value_is_told_to_use_present(client, value):
+    error = only_error(client.post("/v1/evaluations", json={"findings": [{"code": "fever", "value": value}]}))
+    assert error["pointer"] == "/findings/0/value" and error["reason"] == "unexpected-value"
+    assert "use present" in error["detail"] and '"present": false' in error["detail"]
+
+
+def test_a_measurement_in_an_equivalent_ucum_unit_is_the_same_measurement(client, knowledge):
+    code = finding_in(knowledge, "ug/L")
+    lo, hi = knowledge.findings[code].range
+    value = round((lo + hi) / 4, 1)
+
+    def answer(unit: str) -> dict:
+        resp = client.post("/v1/evaluations", json={"patient": {"age": 60},
+                                                    "findings": [{"code": code, "value": value, "unit": unit}]})
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        body = resp.get_json()
+        body.pop("evaluation_id")
+        return body
+
+    assert answer("ng/mL") == answer("ug/L")  # 1 ng/mL == 1 ug/L
+    # mg/L is a thousand times more: converted, and then out of range in the declared unit.
+    error = only_error(client.post("/v1/evaluations", json={"findings": [{"code": code, "value": hi, "unit": "mg/L"}]}))
+    assert error["reason"] == "out-of-range" and f"got {hi * 1000:g} ug/L" in error["detail"]
+    error = only_error(client.post("/v1/evaluations", json={"findings": [{"code": code, "value": 5, "unit": "kg"}]}))
+    assert error["pointer"] == "/findings/0/unit" and "not a UCUM unit of the same kind" in error["detail"]
+
+
+def test_the_range_of_a_unitless_measurement_reads_without_the_unit_1(client, knowledge):
+    code = finding_in(knowledge, "1")
+    lo, hi = knowledge.findings[code].range
+    error = only_error(client.post("/v1/evaluations", json={"findings": [{"code": code, "value": hi + 10}]}))
+    assert error["detail"] == f"{code} must be between {lo:g} and {hi:g}; got {hi + 10:g}."

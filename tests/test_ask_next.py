@@ -8,7 +8,7 @@ from service.intake import parse_encounter
 
 def ask(evaluator, body):
     answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, body))
-    return answer, [q["finding"] for q in answer["ask_next"]]
+    return answer, [q["finding"] for q in answer["ask_next"] if "finding" in q]
 
 
 def test_a_wells_item_that_would_make_dvt_likely_is_asked(evaluator):
@@ -40,7 +40,9 @@ def test_only_unknown_findings_are_asked_and_each_says_why(evaluator):
     for q in answer["ask_next"]:
         assert q["question"] and q["why"] and q["rules"]
         assert all(r in evaluator.knowledge.rules_by_id for r in q["rules"])
-    impacts = [q["impact"] for q in answer["ask_next"]]
+    # No age was sent: it is asked first, then the findings by impact.
+    assert answer["ask_next"][0]["patient"] == "age"
+    impacts = [q["impact"] for q in answer["ask_next"][1:]]
     assert impacts == sorted(impacts, reverse=True)
 
 
@@ -51,6 +53,30 @@ def test_the_missing_restless_legs_criterion_is_asked(evaluator):
         {"code": "urge_to_move_legs"}, {"code": "symptoms_begin_at_rest"}, {"code": "relieved_by_movement"}]}
     answer, asked = ask(evaluator, body)
     assert "worse_evening_night" in asked
-    q = next(q for q in answer["ask_next"] if q["finding"] == "worse_evening_night")
+    q = next(q for q in answer["ask_next"] if q.get("finding") == "worse_evening_night")
     assert q["aim"] == "differential"
     assert any(q["aim"] == "urgency" for q in answer["ask_next"])  # screening is still there
+
+
+def age_rules(knowledge) -> list[str]:
+    return [r.id for r in knowledge.rules
+            if any(leaf.kind == "patient" and leaf.key == "age" for leaf in [*r.when.positive_leaves(), *r.when.none])]
+
+
+def test_without_an_age_the_answer_warns_and_asks_for_it_first(evaluator):
+    """Rules on age can never fire without one: the answer says which, and asks for it."""
+    expected = age_rules(evaluator.knowledge)
+    assert expected  # the real rule set has rules on age
+    answer, _ = ask(evaluator, {"findings": [{"code": "back_pain"}, {"code": "pain_walking_eased_sitting"}]})
+    [warning] = answer["warnings"]
+    assert warning["code"] == "age-missing" and warning["pointer"] == "/patient/age"
+    assert sorted(warning["rules"]) == sorted(expected) and f"{len(expected)} rule(s)" in warning["text"]
+    first = answer["ask_next"][0]
+    assert first["patient"] == "age" and "finding" not in first and first["type"] == "number"
+    assert first["question"] and first["rules"] and set(first["rules"]) <= set(expected)
+
+
+def test_with_an_age_there_is_no_warning_and_no_age_question(evaluator):
+    answer, _ = ask(evaluator, {"patient": {"age": 62}, "findings": [{"code": "back_pain"}]})
+    assert answer["warnings"] == []
+    assert all("patient" not in q for q in answer["ask_next"])

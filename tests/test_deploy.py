@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,21 @@ def test_the_deployment_sets_the_public_base_url_for_jwt_audiences(manifests):
     env = env_of(manifests["Deployment"])
     assert "CDS_HOOKS_TRUSTED_ISSUERS" in env
     assert public_base_url(env["CDS_HOOKS_BASE_URL"], required=True).startswith("https://")
+
+
+def test_the_image_tag_is_the_service_version_everywhere():
+    """One source: service.__version__. Every place that names the image's tag or version says it."""
+    from service import __version__
+
+    found: dict[str, set[str]] = {}
+    for rel in ("README.md", "deploy/Containerfile", "deploy/k8s/deployment.yaml"):
+        tags = re.findall(r"legpain-cds:(\d+\.\d+\.\d+\S*)", (ROOT / rel).read_text())
+        assert tags, f"{rel} names no legpain-cds:<tag>"
+        found[rel] = set(tags)
+    label = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', (DEPLOY / "Containerfile").read_text())
+    assert label, "the Containerfile labels the image's version"
+    found["Containerfile label"] = {label.group(1)}
+    assert all(tags == {__version__} for tags in found.values()), found
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["dynamic"] == ["version"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "service.__version__"}

@@ -199,8 +199,11 @@ def test_body_over_the_limit_is_413(server: Server) -> None:
     filler = "x" * (100 * 1024)
     data = json.dumps({"findings": [], "encounter_id": filler}).encode()
     assert len(data) > MAX_BODY
-    r = server.http.post(server.url + "/v1/evaluations", data=data, timeout=30,
-                         headers={"Content-Type": "application/json"})
+    # Its own connection, closed after: the server answers 413 without reading the body and
+    # drops the connection, which a shared keep-alive session would reuse for the next test
+    # (seen as RemoteDisconnected in test_unknown_finding_code_is_422_with_suggestions).
+    r = requests.post(server.url + "/v1/evaluations", data=data, timeout=30,
+                      headers={"Content-Type": "application/json", "Connection": "close"})
     body = assert_problem(r, 413)
     assert str(MAX_BODY) in body["detail"]
     assert filler[:64] not in r.text

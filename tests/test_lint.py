@@ -116,3 +116,18 @@ def test_a_case_with_an_invalid_request_is_a_lint_error_not_a_crash(tmp_path):
     path.write_text(path.read_text().replace("{code: c}", "{code: not_a_finding}"))
     errors, _ = lint(Evaluator(load_knowledge(target)), sources_dir=None)
     assert any("case mini-chain-in: the case's request is not valid" in e for e in errors), errors
+
+
+def test_lint_says_when_it_skips_the_source_document_check(tmp_path):
+    absent = tmp_path / "no-shared" / "sources"
+    errors, warnings = lint_with(tmp_path / "a", "{all: [{finding: a}]}", sources_dir=absent)
+    skipped = [w for w in warnings if w.startswith("skipped the source-document check")]
+    assert len(skipped) == 1 and str(absent) in skipped[0] and "../shared" in skipped[0]
+    assert not any("is not in" in e for e in errors)
+
+    present = tmp_path / "sources"
+    present.mkdir()
+    (present / "000_2eb120cd97d1c60a.txt").write_text("the source document")
+    errors, warnings = lint_with(tmp_path / "b", "{all: [{finding: a}]}", sources_dir=present)
+    assert not any(w.startswith("skipped the source-document check") for w in warnings)
+    assert not any("source src-000" in e for e in errors)

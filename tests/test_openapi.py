@@ -41,3 +41,14 @@ def test_every_route_is_documented(app):
         if "<any(" in path:
             continue  # the catalogue route: one documented path per catalogue
         assert path in documented, path
+
+
+def test_an_answer_without_age_conforms_with_its_warning_and_age_question(client):
+    """The documented response covers the age-missing warning and the `patient` ask-next item."""
+    answer = client.post("/v1/evaluations", json={"findings": [{"code": "back_pain"}]}).get_json()
+    assert answer["warnings"][0]["code"] == "age-missing" and answer["ask_next"][0]["patient"] == "age"
+    assert EvaluationResponseSchema().validate(answer) == {}
+    documented = build_spec()["components"]["schemas"]
+    assert "warnings" in documented["EvaluationResponse"]["required"]
+    assert "patient" in documented["AskNext"]["properties"]
+    assert "finding" not in documented["AskNext"].get("required", [])

@@ -136,11 +136,16 @@ def test_an_ask_next_question_jumps_to_its_field(page):
     page.click("label[for='back_pain-yes']")
     page.click("label[for='pain_shooting_buttock_to_thigh-yes']")
     submit(page)
-    first = page.locator("#ask-next button").first
+    first = page.locator("#ask-next button[data-code]").first
     code = first.get_attribute("data-code")
     first.click()
     focused_in = page.evaluate("document.activeElement.closest('.finding')?.id")
     assert focused_in == f"q-{code}"
+    # No age was given: it is asked first, and its question jumps to the age field.
+    age = page.locator("#ask-next button").first
+    assert age.get_attribute("data-patient") == "age"
+    age.click()
+    assert page.evaluate("document.activeElement.id") == "patient-age"
 
 
 def test_keyboard_only_from_the_top(page):

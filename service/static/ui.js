@@ -59,6 +59,13 @@ function jumpTo(code) {
   q.classList.add("asked");
 }
 
+function jumpToPatient(attribute) {
+  const input = document.getElementById("patient-" + attribute);
+  if (!input) return;
+  input.scrollIntoView({ block: "center" });
+  input.focus();
+}
+
 function render(answer) {
   const [word, what] = TIER_WORDS[answer.urgency.tier];
   const banner = document.getElementById("banner");
@@ -90,8 +97,10 @@ function render(answer) {
   section("not-indicated", "Not indicated now", ni.length ? el("ul", {}, ...ni) : null);
 
   const asks = answer.ask_next.map((q) => {
-    const b = el("button", { type: "button", class: "link", "data-code": q.finding }, q.question);
-    b.addEventListener("click", () => jumpTo(q.finding));
+    // A finding question jumps to its field; a patient item (age not given) to the patient's field.
+    const attrs = q.finding ? { "data-code": q.finding } : { "data-patient": q.patient };
+    const b = el("button", { type: "button", class: "link", ...attrs }, q.question);
+    b.addEventListener("click", () => (q.finding ? jumpTo(q.finding) : jumpToPatient(q.patient)));
     return el("li", {}, b, el("span", { class: "hint" }, " " + q.why));
   });
   section("ask-next", "Ask next", asks.length ? el("ul", {}, ...asks) : null);
