@@ -12,7 +12,7 @@ from typing import Any
 from service.errors import ServiceError
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
-from service.knowledge import Case
+from service.knowledge import TIER_RANK, Case
 
 
 def evaluate_case(evaluator: Evaluator, case: Case) -> dict[str, Any]:
@@ -28,11 +28,20 @@ def check_case(evaluator: Evaluator, case: Case) -> list[str]:
     return compare(case.expect, answer)
 
 
+# The tier a test's FHIR priority implies (issue 12): a stat test is an emergency's, an urgent
+# or asap one belongs to the same day. An answer whose tier is lower sends mixed signals.
+PRIORITY_TIER = {"stat": "emergency", "asap": "urgent", "urgent": "urgent", "routine": "routine"}
+
+
 def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     failures: list[str] = []
     tier = answer["urgency"]["tier"]
     if tier != expect["tier"]:
         failures.append(f"tier {tier}, expected {expect['tier']}")
+    for t in answer["recommended_tests"]:
+        implied = PRIORITY_TIER[t["priority"]]
+        if TIER_RANK[implied] > TIER_RANK[tier]:
+            failures.append(f"test {t['test']} at priority {t['priority']} implies {implied}, but the tier is {tier}")
     ranked = [d["condition"] for d in answer["differential"]]
     for cond in expect.get("top3", []):
         if cond not in ranked[:3]:

@@ -9,7 +9,8 @@ Errors:
   finding never lowers a tier forced by a red flag" must hold by construction;
 - a source document that is not in the shared sources folder (../shared/sources; where that
   folder is absent the check is skipped, and a warning says so);
-- a clinical case that fails;
+- a clinical case that fails, including one whose answer recommends a test at a priority its
+  tier does not reach (stat needs emergency, urgent or asap needs urgent: service/cases.py);
 - a red flag that no self-check case (`self_check: true`) expects in `red_flags_include`, or an
   emergency rule (`tier: emergency`, or raising an emergency red flag) that no self-check case
   expects in `rules_fired_include`: the start-up self-check must exercise every emergency path

@@ -94,3 +94,13 @@ def test_the_cases_command_fails_on_an_under_triaged_blind_emergency(tmp_path, c
 def test_rule_side_cases_score_perfectly(evaluator):
     score = score_folder(evaluator, "cases/", rule_side_cases(evaluator))
     assert score.exact == score.total and not score.invalid
+
+
+def test_a_test_priority_above_the_tier_fails_the_case():
+    from service.cases import compare
+
+    answer = {"urgency": {"tier": "soon"}, "differential": [], "tests_not_indicated": [], "red_flags": [],
+              "advice": [], "provenance": [], "recommended_tests": [{"test": "ctpa", "priority": "stat"}]}
+    assert compare({"tier": "soon"}, answer) == ["test ctpa at priority stat implies emergency, but the tier is soon"]
+    answer["recommended_tests"][0]["priority"] = "routine"
+    assert compare({"tier": "soon"}, answer) == []
