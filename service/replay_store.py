@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from typing import Any, Protocol
 
 log = logging.getLogger("service.replay_store")
@@ -66,6 +67,10 @@ class SqliteReplayStore:
         conn.execute("CREATE TABLE IF NOT EXISTS jti (key TEXT PRIMARY KEY, exp REAL NOT NULL) WITHOUT ROWID")
         conn.execute("CREATE INDEX IF NOT EXISTS jti_exp ON jti (exp)")
         self._local.conn, self._local.pid = conn, os.getpid()
+        # Close it when the store goes away (an app discarded in tests, a reload): Python 3.13
+        # warns about an unclosed sqlite3 connection. Only in the process that opened it: after a
+        # fork the child must not touch the parent's connection.
+        weakref.finalize(self, _close_in, conn, os.getpid())
         return conn
 
     def add(self, iss: str, jti: str, exp: float, now: float) -> bool:
@@ -83,6 +88,11 @@ class SqliteReplayStore:
         except sqlite3.Error as exc:
             raise ReplayStoreError(f"SQLite replay store: {exc.__class__.__name__}") from None
         return inserted == 1
+
+
+def _close_in(conn: sqlite3.Connection, pid: int) -> None:
+    if os.getpid() == pid:
+        conn.close()
 
 
 class RedisReplayStore:
