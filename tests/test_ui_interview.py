@@ -256,3 +256,33 @@ def test_accessibility_interview_full_form_and_result(browser, base_url):
     page.wait_for_selector("#result:not([hidden])")
     assert _axe(page) == [], "result"
     context.close()
+
+
+def test_one_request_in_flight_and_the_latest_answers_win(page):
+    """Three answers given at once: never two requests at a time, and what is shown is the
+    answer to all three (not to the first, which was in flight when the others came)."""
+    in_flight = [0]
+    most = [0]
+    sent = [0]
+
+    def started(request):
+        if request.url.endswith("/v1/evaluations"):
+            sent[0] += 1
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+
+    def finished(request):
+        if request.url.endswith("/v1/evaluations"):
+            in_flight[0] -= 1
+
+    page.on("request", started)
+    page.on("requestfinished", finished)
+    page.on("requestfailed", finished)
+    page.evaluate("""() => { for (const code of ['back_pain', 'pain_buttock', 'pain_calf']) {
+        const box = document.getElementById('iv-site-' + code); box.checked = true;
+        box.dispatchEvent(new Event('change')); } }""")
+    page.wait_for_function("""() => { const n = document.getElementById('note').value;
+        return n.includes('Low back pain') && n.includes('Pain in the buttock') && n.includes('Pain in the calf'); }""")
+    page.wait_for_selector("#live[aria-busy='false']")
+    assert most[0] == 1
+    assert sent[0] == 2  # the first, then one with the latest answers (not one per change)
