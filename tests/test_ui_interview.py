@@ -286,3 +286,15 @@ def test_one_request_in_flight_and_the_latest_answers_win(page):
     page.wait_for_selector("#live[aria-busy='false']")
     assert most[0] == 1
     assert sent[0] == 2  # the first, then one with the latest answers (not one per change)
+
+
+def test_an_ask_next_link_in_the_full_answer_opens_the_full_form(page):
+    start(page, "dvt-wells-likely-in")
+    page.click("#iv-finish")
+    page.wait_for_selector("#result:not([hidden])")
+    first = page.locator("#ask-next button[data-code]").first
+    code = first.get_attribute("data-code")
+    first.click()
+    assert page.locator("#questionnaire").is_visible() and not page.locator("#interview").is_visible()
+    assert page.evaluate("document.activeElement.closest('.finding')?.id") == f"q-{code}"
+    assert page.input_value("#patient-age") == "58"  # the interview's answers came along

@@ -53,16 +53,22 @@ function section(id, title, content) {
 function jumpTo(code) {
   const q = document.getElementById("q-" + code);
   if (!q) return;
-  document.getElementById("questionnaire").hidden = false;
+  showForm();
   q.scrollIntoView({ block: "center" });
   const target = q.querySelector("input:not([type=radio]), select") || q.querySelector("input[type=radio]");
   if (target) target.focus();
   q.classList.add("asked");
 }
 
+// From the interview's answer, a question is asked in the full form, with the answers so far.
+function showForm() {
+  if (document.getElementById("questionnaire").hidden) toForm();
+}
+
 function jumpToPatient(attribute) {
   const input = document.getElementById("patient-" + attribute);
   if (!input) return;
+  showForm();
   input.scrollIntoView({ block: "center" });
   input.focus();
 }
