@@ -5,7 +5,25 @@
 # fresh machine); elsewhere, or when apt-get fails, it says what is missing and the browser tests
 # skip: it never stops the test run.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 CHROMIUM="${CDS_CHROMIUM:-/usr/bin/chromium}"  # another path only to exercise this script in tests
+
+# axe-core for the accessibility check, from the npm registry, exactly as locked (version and
+# integrity hash in tests/a11y/package-lock.json). Without node/npm or the registry, the
+# accessibility tests skip and say why; like the browser, it never stops the test run.
+install_axe() {
+  local dir=tests/a11y
+  [ -f "$dir/node_modules/axe-core/axe.min.js" ] && return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup-browser: npm missing; the accessibility check (axe-core) will be skipped" >&2
+    return 0
+  fi
+  if ! npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null; then
+    echo "setup-browser: npm ci could not install axe-core; the accessibility check will be skipped" >&2
+  fi
+}
+[ -n "${CDS_CHROMIUM:-}" ] || install_axe
+
 if [ -x "$CHROMIUM" ]; then
   exit 0
 fi

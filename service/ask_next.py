@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from service.engine import EngineResult, Fact, compare, leaf_matches
 from service.knowledge import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
 
+TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
+
 if TYPE_CHECKING:
     from service.evaluation import Encounter
 
@@ -77,6 +79,9 @@ class QuestionRanker:
         self.impact: dict[str, dict[str, Impact]] = {
             rule.id: {tier: _impact(k, rule, tier) for tier in TIER_RANK} for rule in k.rules
         }
+        # The highest tier firing each rule could lead to (its own tier, its red flag's, and what
+        # the facts it derives lead to): how much a question could still change the tier.
+        self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
         self.plans = [_Plan(rule) for rule in k.rules]
         self.derivers = [p for p in self.plans if p.rule.then.derive]
         # Per current tier: only the rules that could add credit, with their impact at hand.
@@ -104,7 +109,7 @@ class QuestionRanker:
         known = {f.key: f for f in facts if f.kind == "finding"}
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
         pending: dict[str, frozenset[str]] = {}
-        ctx = (known, patient, derived, result.scores, pending)
+        ctx = (known, patient, derived, result.scores, pending, enc.unknown)
         for plan in self.derivers:
             if plan.rule.id not in fired:
                 needed = self._near_miss(plan, known, ctx)
@@ -114,6 +119,7 @@ class QuestionRanker:
 
         gains: dict[str, tuple[list[float], list[float]]] = {}
         reasons: dict[str, list[str]] = {}
+        reach: dict[str, int] = {}  # code -> the highest tier rank a rule it could complete leads to
         for plan, urgency, differential in self.candidates[tier]:
             rule = plan.rule
             if rule.id in fired:
@@ -121,9 +127,11 @@ class QuestionRanker:
             assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
             if assessed is None:
                 continue
+            top = self.reach[rule.id]
             if plan.score:
-                cu, cd = self._crossing(plan.score, result.scores, fired, tier)
+                cu, cd, crossed = self._crossing(plan.score, result.scores, fired, tier)
                 urgency, differential = urgency + cu, differential + cd
+                top = max(top, crossed)
             if urgency + differential <= 0:
                 continue
             needed, satisfied = assessed
@@ -133,25 +141,36 @@ class QuestionRanker:
                 u.append(urgency * scale)
                 d.append(differential * scale)
                 reasons.setdefault(code, []).append(rule.id)
+                reach[code] = max(reach.get(code, 0), top)
 
         credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
         findings = [c for c in credit if c in self.k.findings]
-        by_urgency = sorted((c for c in findings if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:URGENCY_SLOTS]
+        limit = enc.ask_next_limit
+        urgency_slots = URGENCY_SLOTS if limit is None else limit
+        by_urgency = sorted((c for c in findings if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:urgency_slots]
         by_differential = sorted(
             (c for c in findings if credit[c][1] > 0 and c not in by_urgency), key=lambda c: (-credit[c][1], c),
-        )[:DIFFERENTIAL_SLOTS]
-        chosen = sorted(by_urgency + by_differential, key=lambda c: (-sum(credit[c]), c))
-        first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []))
+        )[:DIFFERENTIAL_SLOTS if limit is None else limit - len(by_urgency)]
+        if limit is None:
+            chosen = sorted(by_urgency + by_differential, key=lambda c: (-sum(credit[c]), c))
+        else:
+            # An interview asks the urgency questions first: the tier must settle before the differential.
+            chosen = by_urgency + by_differential
+        current = TIER_RANK[tier]
+        first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []),
+                                        _tier_change(reach.get(key, 0), current))
                  for attr, key in PATIENT_KEYS.items() if attr in self.missing_patient(enc)]
         return first + [self._question(code, sum(credit[code]), reasons[code],
-                                       "urgency" if code in by_urgency else "differential") for code in chosen]
+                                       "urgency" if code in by_urgency else "differential",
+                                       _tier_change(reach.get(code, 0), current)) for code in chosen]
 
     def missing_patient(self, enc: Encounter) -> list[str]:
         """The patient attributes the rule set tests that this request did not give."""
         given = {"age": enc.age, "sex": enc.sex}
         return [attr for attr in PATIENT_KEYS if attr in self.patient_rules and given[attr] is None]
 
-    def _patient_question(self, attr: str, credit: Impact, near_misses: list[str]) -> dict[str, Any]:
+    def _patient_question(self, attr: str, credit: Impact, near_misses: list[str],
+                          change: dict[str, Any]) -> dict[str, Any]:
         display, question, kind, unit = PATIENT_QUESTIONS[attr]
         rules = near_misses or self.patient_rules[attr]
         titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
@@ -164,11 +183,13 @@ class QuestionRanker:
             **({"choices": list(SEXES)} if attr == "sex" else {}),
             "aim": "urgency" if credit[0] > 0 else "differential",
             "impact": round(sum(credit), 2),
+            **change,
             "why": f"Not given, so {len(self.patient_rules[attr])} rule(s) on it could not fire: {titles}",
             "rules": rules,
         }
 
-    def _question(self, code: str, impact: float, rules: list[str], aim: str) -> dict[str, Any]:
+    def _question(self, code: str, impact: float, rules: list[str], aim: str,
+                  change: dict[str, Any]) -> dict[str, Any]:
         f = self.k.findings[code]
         titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
@@ -181,6 +202,7 @@ class QuestionRanker:
             **({"choices": list(f.choices)} if f.choices else {}),
             "aim": aim,
             "impact": round(impact, 2),
+            **change,
             "why": f"{lead}: {titles}",
             "rules": rules,
         }
@@ -191,17 +213,38 @@ class QuestionRanker:
         assessed = _assess(plan, ctx)
         return assessed[0] if assessed else None
 
-    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> Impact:
-        """Worth of a score item: the impact of the unfired threshold rules its points would satisfy."""
+    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> tuple[float, float, int]:
+        """Worth of a score item: the impact of the unfired threshold rules its points would satisfy,
+        and the highest tier those rules lead to."""
         sid, points = score
         value = scores.get(sid, 0) + points
         best: Impact = (0.0, 0.0)
+        top = 0
         for threshold, tests in self.thresholds.get(sid, []):
             if threshold.id not in fired and all(compare(value, leaf.op, leaf.value) for leaf in tests):
                 candidate = self.impact[threshold.id][tier]
+                top = max(top, self.reach[threshold.id])
                 if sum(candidate) > sum(best):
                     best = candidate
-        return best
+        return best[0], best[1], top
+
+
+def _tier_change(reach: int, current: int) -> dict[str, Any]:
+    steps = max(0, reach - current)
+    return {"raises_tier_to": TIER_NAMES[reach] if steps else None, "tier_steps": steps}
+
+
+def _reach(k: Knowledge, rule: Rule, seen: frozenset[str] = frozenset()) -> int:
+    """The highest tier rank firing `rule` could lead to, following the facts it derives."""
+    then = rule.then
+    ranks = [TIER_RANK[then.tier]] if then.tier else [0]
+    if then.red_flag:
+        ranks.append(TIER_RANK[k.red_flags[then.red_flag].tier])
+    for name in then.derive:
+        for r in k.rules:
+            if r.id not in seen and any(leaf.kind == "fact" and leaf.key == name for leaf in r.when.positive_leaves()):
+                ranks.append(_reach(k, r, seen | {rule.id}))
+    return max(ranks)
 
 
 def _worth(gains: list[float]) -> float:
@@ -234,10 +277,14 @@ def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozense
 
 def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
     """frozenset() = true; frozenset({code, ...}) = unknown, needs those findings; None = false."""
-    known, patient, derived, scores, pending = ctx
+    known, patient, derived, scores, pending, asked_unknown = ctx
     if leaf.kind == "finding":
         fact = known.get(leaf.key)
         if fact is None:
+            if leaf.key in asked_unknown:
+                # Asked, and nobody knows: no question can complete a rule through it, so the
+                # interview moves on (read as false for ranking only; the rules never see it).
+                return None
             return frozenset({leaf.key})
         return _TRUE if leaf_matches(leaf, fact) else None
     if leaf.kind == "patient":

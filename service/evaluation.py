@@ -30,6 +30,9 @@ class Encounter:
     sex: str | None
     findings: dict[str, dict[str, Any]]  # code -> {present, value?, choice?, laterality?}
     encounter_id: str | None = None
+    # Asked but unknown (present: null): no fact for the rules; ask_next does not ask them again.
+    unknown: frozenset[str] = frozenset()
+    ask_next_limit: int | None = None  # None: the default slots (four urgency, three differential)
 
     def facts(self) -> list[Fact]:
         out: list[Fact] = []

@@ -211,6 +211,10 @@ def _obj(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+ASKED_UNKNOWN = {"asked-unknown", "unknown"}
+
+
 def _opt_obj(parent: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
     value = parent.get(key)
     return None if value is None else _obj(value, f"{path}.{key}")
@@ -355,6 +359,10 @@ class _Mapper:
         self.max_age = max_age
         self.candidates: list[_Candidate] = []
         self.ignored: list[dict[str, Any]] = []
+        # Findings recorded as asked but not known (dataAbsentReason asked-unknown or unknown):
+        # still reported as ignored, and passed on as unknown so that ask_next does not ask
+        # them again (issue 16). A usable record of the same finding wins.
+        self.unknown: set[str] = set()
 
     def ignore(self, source: str, reason: str, finding: str | None = None) -> None:
         entry = {"resource": source, "reason": reason}
@@ -394,8 +402,11 @@ class _Mapper:
             when = self._observation_time(obs, path, source, finding.code, status)
             if when is None:
                 continue
-            if _opt_obj(part, "dataAbsentReason", ppath) is not None:
+            absent = _opt_obj(part, "dataAbsentReason", ppath)
+            if absent is not None:
                 self.ignore(source, "dataAbsentReason is given", finding.code)
+                if {c for s, c in _concepts(part, "dataAbsentReason", ppath) if s == DATA_ABSENT} & ASKED_UNKNOWN:
+                    self.unknown.add(finding.code)
                 continue
             self._observation_value(part, ppath, finding, when, source)
 
@@ -651,7 +662,8 @@ def map_prefetch(
             # Other resource types are not ours to read; they are skipped.
     findings, used = mapper.result()
     return Mapped(
-        encounter=Encounter(age=age, sex=sex, findings=findings, encounter_id=encounter_id),
+        encounter=Encounter(age=age, sex=sex, findings=findings, encounter_id=encounter_id,
+                            unknown=frozenset(mapper.unknown - findings.keys())),
         used=used,
         ignored=ignored + mapper.ignored,
     )

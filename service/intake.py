@@ -43,6 +43,7 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
 
     errors: list[FieldError] = []
     findings: dict[str, dict[str, Any]] = {}
+    unknown: set[str] = set()
     where: dict[str, int] = {}
     for i, item in enumerate(data["findings"]):
         ptr = f"/findings/{i}"
@@ -54,6 +55,16 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
                                      f"This names finding {f['code']!r}, already given at index {where[f['code']]}."))
             continue
         where[f["code"]] = i
+        if f["present"] is None:
+            # Asked, answer unknown: no fact for the rules, only a question ask_next need not repeat.
+            if f.get("value") is not None:
+                errors.append(FieldError(f"{ptr}/value", "unexpected-value",
+                                         f"{f['code']} is sent as unknown (present: null): give no value."))
+            elif f["code"] in k.findings:
+                unknown.add(f["code"])
+            else:
+                _check_finding(k, f, ptr, errors)  # the unknown-code error, with suggestions
+            continue
         checked = _check_finding(k, f, ptr, errors)
         if checked is not None:
             findings[f["code"]] = checked
@@ -69,6 +80,8 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
         sex=patient.get("sex"),
         findings=findings,
         encounter_id=data.get("encounter_id"),
+        unknown=frozenset(unknown),
+        ask_next_limit=data.get("ask_next_limit"),
     )
 
 

@@ -11,6 +11,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 from service.knowledge import EVIDENCE_LEVELS, PRIORITIES, SEXES, TIERS
 
 MAX_FINDINGS = 200
+MAX_ASK_NEXT = 200  # every finding of the vocabulary fits (about 150 at 0.3.0)
 LATERALITIES = ("left", "right", "bilateral")
 
 
@@ -90,9 +91,10 @@ class FindingInputSchema(StrictSchema):
                   "example": "calf_tenderness"},
     )
     present = StrictBoolean(
-        load_default=True,
-        metadata={"description": "true: present (default); false: explicitly denied. "
-                                 "A finding left out is unknown."},
+        load_default=True, allow_none=True,
+        metadata={"description": "true: present (default); false: explicitly denied; null: asked, but the "
+                                 "answer is unknown (counts as neither, and ask_next moves on to other "
+                                 "questions; give no value). A finding left out is unknown and not yet asked."},
     )
     value = NumberOrChoice(metadata={
         "description": "Number findings: the measured value, in the finding's unit (or in `unit`). "
@@ -117,6 +119,13 @@ class EvaluationRequestSchema(StrictSchema):
     encounter_id = fields.String(
         validate=validate.Length(1, 128),
         metadata={"description": "The caller's identifier, echoed back unchanged"},
+    )
+    ask_next_limit = fields.Integer(
+        strict=True, validate=validate.Range(1, MAX_ASK_NEXT),
+        metadata={"description": "How many finding questions ask_next may return (urgency questions first, "
+                                 "then the differential's). Default: the four best for urgency and the three "
+                                 "best for the differential, ranked together. Missing patient attributes are "
+                                 "asked on top of it", "example": 20},
     )
 
     @validates_schema
@@ -219,6 +228,16 @@ class AskNextSchema(Schema):
                                  "differential: would help tell the causes apart"},
     )
     impact = fields.Float(required=True)
+    raises_tier_to = fields.String(
+        required=True, allow_none=True, validate=validate.OneOf(["emergency", "urgent", "soon", "routine"]),
+        metadata={"description": "The highest tier a rule this question could complete would set, when it is "
+                                 "above the current tier; null when its answer cannot raise the tier (it can "
+                                 "only refine the differential)"},
+    )
+    tier_steps = fields.Integer(
+        required=True,
+        metadata={"description": "How many tier steps the answer could still raise the tier (0 to 3)"},
+    )
     why = fields.String(required=True)
     rules = fields.List(fields.String(), required=True)
 

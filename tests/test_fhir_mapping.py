@@ -428,3 +428,15 @@ def test_parse_fhir_datetime():
     for bad in ("2024-13", "2024-02-30", "24-01-01", 20240101, None):
         with pytest.raises(FhirInputError):
             parse_fhir_datetime(bad, "x", latest=True)
+
+
+def test_asked_unknown_is_passed_on_as_unknown_for_ask_next(knowledge):
+    """Issue 16: an observation recorded as asked-unknown is still reported as ignored, and the
+    finding is passed on as asked but unknown, so that ask_next does not ask it again."""
+    absent = {"dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                               "code": "asked-unknown"}]}}
+    mapped = run(knowledge, obs("calf_tenderness", **absent))
+    assert mapped.encounter.findings == {} and mapped.encounter.unknown == {"calf_tenderness"}
+    declined = {"dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                                 "code": "asked-declined"}]}}
+    assert run(knowledge, obs("calf_tenderness", **declined)).encounter.unknown == frozenset()

@@ -71,7 +71,14 @@ def page(browser, base_url):
     context.close()
 
 
+def full_form(page) -> None:
+    """The interview is the default; these tests use "All questions", the full form."""
+    if page.locator("#questionnaire").is_hidden():
+        page.click("#mode-form")
+
+
 def fill_case(page, case_id: str) -> None:
+    full_form(page)
     case = CASES[case_id]
     patient = case.request["patient"]
     if "age" in patient:
@@ -133,6 +140,7 @@ def test_provenance_expands_to_rules_and_sources(page):
 
 
 def test_an_ask_next_question_jumps_to_its_field(page):
+    full_form(page)
     page.click("label[for='back_pain-yes']")
     page.click("label[for='pain_shooting_buttock_to_thigh-yes']")
     submit(page)
@@ -149,9 +157,16 @@ def test_an_ask_next_question_jumps_to_its_field(page):
 
 
 def test_keyboard_only_from_the_top(page):
-    """Tab into the red flags, answer with the arrow keys, tab to Evaluate, press Enter."""
+    """Switch to all questions, tab into the red flags, answer with the arrow keys, tab to
+    Evaluate, press Enter."""
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
+    for _ in range(5):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "mode-form":
+            break
+    page.keyboard.press("Enter")
+    assert page.locator("#questionnaire").is_visible()
     for _ in range(40):
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.name") == "urinary_retention":
@@ -202,6 +217,7 @@ def test_banner_colours_have_readable_contrast(page, tier):
 
 
 def test_a_validation_error_is_shown_not_swallowed(page):
+    full_form(page)
     page.fill("#patient-age", "300")
     page.click("#evaluate")
     page.wait_for_selector("#error:not([hidden])")

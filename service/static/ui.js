@@ -1,4 +1,5 @@
-// The triage page: turns the answers into POST /v1/evaluations and renders the answer.
+// The triage page's full form and the full answer: turns the answers into POST /v1/evaluations
+// and renders the answer. The interview (interview.js) uses evaluate() and render() from here.
 // Every value from the service is written with textContent, never as HTML.
 "use strict";
 
@@ -52,16 +53,22 @@ function section(id, title, content) {
 function jumpTo(code) {
   const q = document.getElementById("q-" + code);
   if (!q) return;
-  document.getElementById("questionnaire").hidden = false;
+  showForm();
   q.scrollIntoView({ block: "center" });
   const target = q.querySelector("input:not([type=radio]), select") || q.querySelector("input[type=radio]");
   if (target) target.focus();
   q.classList.add("asked");
 }
 
+// From the interview's answer, a question is asked in the full form, with the answers so far.
+function showForm() {
+  if (document.getElementById("questionnaire").hidden) toForm();
+}
+
 function jumpToPatient(attribute) {
   const input = document.getElementById("patient-" + attribute);
   if (!input) return;
+  showForm();
   input.scrollIntoView({ block: "center" });
   input.focus();
 }
@@ -128,34 +135,42 @@ function showError(text) {
   box.focus();
 }
 
-async function submit(event) {
-  event.preventDefault();
-  const form = event.target;
+// POST /v1/evaluations: the answer, or null after showing what went wrong.
+async function evaluate(request) {
   document.getElementById("error").hidden = true;
   const headers = { "Content-Type": "application/json", Accept: "application/json" };
   const key = document.getElementById("api-key").value;
   if (key) headers["X-API-Key"] = key;
   let resp;
   try {
-    resp = await fetch("/v1/evaluations", { method: "POST", headers, body: JSON.stringify(collect(form)) });
+    resp = await fetch("/v1/evaluations", { method: "POST", headers, body: JSON.stringify(request) });
   } catch (e) {
     showError("The service could not be reached. Check the connection and try again.");
-    return;
+    return null;
   }
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) {
     const details = (body.errors || []).map((e) => e.detail).join(" ");
     showError(`${body.title || "Error " + resp.status}: ${body.detail || ""} ${details}`.trim());
-    return;
+    return null;
   }
-  render(body);
+  return body;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const answer = await evaluate(collect(event.target));
+  if (answer) render(answer);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("questionnaire").addEventListener("submit", submit);
   document.getElementById("print").addEventListener("click", () => window.print());
   document.getElementById("back").addEventListener("click", () => {
-    document.getElementById("evaluate").scrollIntoView({ block: "center" });
-    document.getElementById("evaluate").focus();
+    // Back to where the questions were asked: the form's Evaluate button, or the interview.
+    const form = document.getElementById("questionnaire");
+    const target = form.hidden ? document.getElementById("iv-finish") : document.getElementById("evaluate");
+    target.scrollIntoView({ block: "center" });
+    target.focus();
   });
 });
