@@ -30,6 +30,8 @@ class Encounter:
     sex: str | None
     findings: dict[str, dict[str, Any]]  # code -> {present, value?, choice?, laterality?}
     encounter_id: str | None = None
+    # Coded findings of the native API: which finding each {system, code} was read as.
+    codings_read: tuple[dict[str, str], ...] = ()
 
     def facts(self) -> list[Fact]:
         out: list[Fact] = []

@@ -44,11 +44,15 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
     errors: list[FieldError] = []
     findings: dict[str, dict[str, Any]] = {}
     where: dict[str, int] = {}
+    codings_read: list[dict[str, str]] = []
     for i, item in enumerate(data["findings"]):
         ptr = f"/findings/{i}"
         f = _resolve_coding(k, item, ptr, errors)
         if f is None:
             continue
+        if "system" in item:
+            codings_read.append({"pointer": ptr, "system": item["system"], "code": item["code"],
+                                 "finding": f["code"], "display": k.findings[f["code"]].display})
         if f["code"] in where:  # e.g. a SNOMED CT coding and the local code of one finding
             errors.append(FieldError(f"{ptr}/code", "duplicate",
                                      f"This names finding {f['code']!r}, already given at index {where[f['code']]}."))
@@ -69,6 +73,7 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
         sex=patient.get("sex"),
         findings=findings,
         encounter_id=data.get("encounter_id"),
+        codings_read=tuple(codings_read),
     )
 
 
