@@ -8,7 +8,7 @@ answer has a total order).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.ask_next import QuestionRanker
@@ -30,8 +30,9 @@ class Encounter:
     sex: str | None
     findings: dict[str, dict[str, Any]]  # code -> {present, value?, choice?, laterality?}
     encounter_id: str | None = None
-    # Coded findings of the native API: which finding each {system, code} was read as.
-    codings_read: tuple[dict[str, str], ...] = ()
+    # Coded findings of the native API: which finding each {system, code} was read as. Not part
+    # of the encounter's identity: the same findings however they were coded.
+    codings_read: tuple[dict[str, str], ...] = field(default=(), compare=False)
 
     def facts(self) -> list[Fact]:
         out: list[Fact] = []

@@ -126,7 +126,7 @@ def findings_for_coding(k: Knowledge, system: str, code: str) -> tuple[str, ...]
     own = coding_index(k).get((system, code), ())
     if own:
         return own
-    vsets = valuesets.default()
+    vsets = valuesets.for_knowledge(k)
     named = {next(iter(vs.findings)) for vs in vsets.lookup(system, code)
              if vs.findings and next(iter(vs.findings.values())) != "absent"}
     named |= {m.finding for m in vsets.measurement(system, code)}
@@ -395,7 +395,7 @@ def _label(concept: Any) -> str:
 class _Mapper:
     def __init__(self, k: Knowledge, patient_id: str | None, now: datetime, max_age: timedelta) -> None:
         self.k = k
-        self.vsets = valuesets.default()
+        self.vsets = valuesets.for_knowledge(k)
         self.patient_id = patient_id
         self.now = now
         self.max_age = max_age

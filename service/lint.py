@@ -62,7 +62,7 @@ def _value_sets(k: Knowledge, errors: list[str]) -> None:
     from service import valuesets
 
     try:
-        vsets = valuesets.default()
+        vsets = valuesets.for_knowledge(k)
     except valuesets.ValueSetError as exc:
         errors.append(f"value sets: {exc}")
         return

@@ -186,6 +186,7 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
         rules=tuple(rules),
         cases=tuple(cases),
         readiness_case=readiness or (case_ids[0] if case_ids else None),
+        rules_dir=rules_dir,
     )
 
 

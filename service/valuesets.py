@@ -171,11 +171,23 @@ def load(directory: Path = DEFAULT_DIR) -> ValueSets:
 _CACHE: dict[Path, ValueSets] = {}
 
 
+def of_dir(directory: Path) -> ValueSets:
+    """The value sets in a folder, loaded once per process; none when it does not exist (a
+    rule set without value sets reads only its vocabulary's own codes)."""
+    if directory not in _CACHE:
+        _CACHE[directory] = load(directory) if directory.is_dir() else ValueSets({}, {}, {}, {})
+    return _CACHE[directory]
+
+
 def default() -> ValueSets:
-    """The value sets of rules/valuesets, loaded once per process."""
-    if DEFAULT_DIR not in _CACHE:
-        _CACHE[DEFAULT_DIR] = load(DEFAULT_DIR)
-    return _CACHE[DEFAULT_DIR]
+    """The value sets of the shipped rule set (rules/valuesets)."""
+    return of_dir(DEFAULT_DIR)
+
+
+def for_knowledge(k: Any) -> ValueSets:
+    """The value sets beside a loaded rule set (`<rules_dir>/valuesets`)."""
+    rules_dir = getattr(k, "rules_dir", None)
+    return of_dir(Path(rules_dir) / "valuesets") if rules_dir is not None else default()
 
 
 # --- code syntax ---------------------------------------------------------------------------

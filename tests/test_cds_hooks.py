@@ -1001,8 +1001,12 @@ def test_coded_findings_over_http(client, knowledge, snomed_coding):
     local = client.post("/v1/evaluations", json={**NATIVE, "findings": [*NATIVE["findings"][:4], {"code": code}]})
     coded = client.post("/v1/evaluations", json={**NATIVE, "findings": [
         *NATIVE["findings"][:4], {"system": coding.system, "code": coding.code}]})
-    strip = lambda b: {k: v for k, v in b.items() if k != "evaluation_id"}  # noqa: E731
+    strip = lambda b: {k: v for k, v in b.items() if k not in ("evaluation_id", "codings_read")}  # noqa: E731
     assert coded.status_code == 200 and strip(coded.get_json()) == strip(local.get_json())
+    assert coded.get_json()["codings_read"] == [{"pointer": "/findings/4", "system": coding.system,
+                                                 "code": coding.code, "finding": code,
+                                                 "display": knowledge.findings[code].display}]
+    assert "codings_read" not in local.get_json()
 
 
 @pytest.fixture(scope="module")
