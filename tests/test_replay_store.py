@@ -35,11 +35,12 @@ def _race(path: str, start: float, out: multiprocessing.Queue) -> None:
     while time.time() < start:
         time.sleep(0.001)
     out.put(store.add("https://ehr.example.org", "the-one-jti", time.time() + 300, time.time()))
+    store.close()
 
 
 def test_sqlite_store_many_processes_racing_on_one_jti_one_wins(tmp_path):
     path = str(tmp_path / "jti.sqlite3")
-    SqliteReplayStore(path)
+    SqliteReplayStore(path).close()  # creates the file and table before the race
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     start = time.time() + 0.5
@@ -58,6 +59,7 @@ def test_sqlite_store_forgets_expired_entries(tmp_path):
     assert not store.add("iss", "a", exp=100.0, now=60.0)
     assert store.add("iss", "a", exp=300.0, now=200.0)  # the first entry expired at 100
     assert store.add("other-iss", "a", exp=300.0, now=200.0)  # per issuer
+    store.close()
 
 
 def test_an_unreachable_store_refuses_the_token(tmp_path):
