@@ -5,6 +5,7 @@
 #   requirements/serve.txt  what `scripts/serve.sh` and the container install
 #   requirements/test.txt   serve + the test extras; constrained by serve.txt, so every package
 #                           the two share has the same pin (a test venv serves exactly as a serve one)
+#   requirements/sekmet.txt the FHIR R4 server the fetch-path tests run (its own venv)
 # Needs network access to PyPI. uv is installed, pinned, into a throwaway venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,6 @@ uv=("$tools/venv/bin/uv" pip compile --quiet --universal --python-version 3.11 -
 "${uv[@]}" requirements/build.in -o requirements/build.txt
 "${uv[@]}" pyproject.toml -o requirements/serve.txt
 "${uv[@]}" pyproject.toml --extra test -c requirements/serve.txt -o requirements/test.txt
-echo "lock: requirements/{build,serve,test}.txt written with uv $UV_VERSION"
+# The FHIR server of the fetch-path tests, in a venv of its own (scripts/setup.sh test).
+"${uv[@]}" requirements/sekmet.in -o requirements/sekmet.txt
+echo "lock: requirements/{build,serve,test,sekmet}.txt written with uv $UV_VERSION"

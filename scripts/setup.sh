@@ -50,6 +50,20 @@ if [ -x "$VENV/bin/python" ] && [ "$(version_of "$VENV/bin/python")" != "$(versi
        "remove $VENV, or give this Python its own venv (VENV=.venv-$(version_of "$PYTHON"))" >&2
   exit 1
 fi
+# The FHIR R4 server the fetch-path tests read from (sekmet-fhir, requirements/sekmet.txt, pinned
+# by hash): its own venv, because its dependencies (FastAPI, pydantic, ...) are not ours to pin
+# together with the service's. Made with the system python3 whatever $PYTHON is: it is a tool.
+if [ "$ROLE" = test ]; then
+  SEKMET_VENV="${SEKMET_VENV:-.venv-sekmet}"
+  sekmet_stamp="$(sha256sum requirements/sekmet.txt | cut -d' ' -f1)"
+  if [ "$(cat "$SEKMET_VENV/.setup-sekmet" 2>/dev/null)" != "$sekmet_stamp" ]; then
+    echo "setup: installing the locked FHIR test server into $SEKMET_VENV (requirements/sekmet.txt)" >&2
+    [ -x "$SEKMET_VENV/bin/python" ] || python3 -m venv "$SEKMET_VENV"
+    "$SEKMET_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --require-hashes \
+      -r requirements/sekmet.txt 2> >(grep -v "^WARNING: Location 'file:" >&2)
+    echo "$sekmet_stamp" > "$SEKMET_VENV/.setup-sekmet"
+  fi
+fi
 if [ "$ROLE" = serve ] && up_to_date serve test; then exit 0; fi
 if [ "$ROLE" = test ] && up_to_date test; then exit 0; fi
 

@@ -47,6 +47,8 @@ def create_evaluation() -> Response:
     encounter = parse_encounter(evaluator.knowledge, read_json_body())
     answer = evaluator.evaluate(encounter)
     record_evaluation(answer, knowledge=evaluator.knowledge)  # metrics and the evaluation log line
+    if encounter.codings_read:  # say which finding each code of a value set was read as
+        answer = {**answer, "codings_read": list(encounter.codings_read)}
     if _wants_fhir():
         from service.fhir_out import guidance_response
 

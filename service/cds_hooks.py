@@ -60,7 +60,18 @@ JSON = "application/json"
 
 SERVICE_ID = "leg-pain-triage"
 HOOKS = ("patient-view", "encounter-start")
+# Keys without which no triage is safe: missing, they give 412 unless what did arrive already
+# raises a red flag or an urgent / emergency tier.
 PREFETCH_KEYS = ("patient", "observations", "conditions")
+# Keys that add what the record knows (vital signs, laboratory results, smoking status,
+# medicines, recent surgery). An EHR that cannot run one still gets its card, which names the
+# data not read, so that "not read" is never mistaken for "not there".
+EXTRA_KEYS = ("vital-signs", "laboratory", "social-history", "medications", "procedures")
+ALL_KEYS = PREFETCH_KEYS + EXTRA_KEYS
+KEY_DATA = {"patient": "the Patient (age, sex)", "observations": "coded findings (Observation)",
+            "conditions": "problems and diagnoses (Condition)", "vital-signs": "vital signs (Observation)",
+            "laboratory": "laboratory results (Observation)", "social-history": "smoking status (Observation)",
+            "medications": "medicines (MedicationRequest)", "procedures": "recent procedures (Procedure)"}
 
 # Every pattern is full-matched (re.fullmatch): `$` alone also matches before a trailing newline.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -253,11 +264,24 @@ def _list(raw: Any) -> frozenset[str]:
 
 
 def prefetch_templates(k: Knowledge) -> dict[str, str]:
+    """Searches any FHIR R4 server runs within the CDS Hooks query rules (patient, token and
+    date parameters, _sort, _count). Categories, not code lists: the value sets hold thousands
+    of codes and a URL must stay under 2,000 characters. Conditions are asked for whatever
+    their clinical status, because a resolved DVT or cancer is history the rules need; the
+    service decides what is current. Procedures come from the last 12 weeks (the longest window
+    a procedure rule uses), computed by the EHR with the 3.0 relative-date FHIRPath only where
+    supported, so the template leaves the date to the service and sorts newest first."""
     codes = prefetch_code_filter(k)
+    pid = "{{context.patientId}}"
     return {
-        "patient": "Patient/{{context.patientId}}",
-        "observations": f"Observation?patient={{{{context.patientId}}}}&code={codes}&_sort=-date&_count=200",
-        "conditions": f"Condition?patient={{{{context.patientId}}}}&code={codes}&_count=200",
+        "patient": f"Patient/{pid}",
+        "observations": f"Observation?patient={pid}&code={codes}&_sort=-date&_count=200",
+        "conditions": f"Condition?patient={pid}&category=problem-list-item,encounter-diagnosis&_count=200",
+        "vital-signs": f"Observation?patient={pid}&category=vital-signs&_sort=-date&_count=100",
+        "laboratory": f"Observation?patient={pid}&category=laboratory&_sort=-date&_count=100",
+        "social-history": f"Observation?patient={pid}&category=social-history&_sort=-date&_count=20",
+        "medications": f"MedicationRequest?patient={pid}&status=active&_count=100",
+        "procedures": f"Procedure?patient={pid}&_sort=-date&_count=50",
     }
 
 
@@ -420,9 +444,10 @@ def validate_request(body: Any) -> list[tuple[str, str]]:
                     errs.append((f"fhirAuthorization.{key}", "is required (a non-empty string)"))
             if auth.get("token_type") != "Bearer":
                 errs.append(("fhirAuthorization.token_type", "must be 'Bearer'"))
+            # expires_in is REQUIRED in 2.0 but EHRs omit it; the token is used for this call only.
             exp = auth.get("expires_in")
-            if isinstance(exp, bool) or not isinstance(exp, int) or exp < 0:
-                errs.append(("fhirAuthorization.expires_in", "is required (a non-negative integer)"))
+            if "expires_in" in auth and (isinstance(exp, bool) or not isinstance(exp, int) or exp < 0):
+                errs.append(("fhirAuthorization.expires_in", "must be a non-negative integer"))
             if "patient" in auth and not _is_str(auth["patient"]):
                 errs.append(("fhirAuthorization.patient", "must be a non-empty string"))
     if "context" in body and not isinstance(body["context"], dict):
@@ -466,45 +491,72 @@ def _token(body: dict[str, Any]) -> str | None:
     return auth.get("access_token") if isinstance(auth, dict) else None
 
 
-def resolve_prefetch(body: dict[str, Any], settings: HooksSettings) -> dict[str, Any]:
-    """Each of our prefetch keys -> its data (a resource, a Bundle, or None = no data), from
-    the request or fetched; 412 when some cannot be had."""
+@dataclass
+class Prefetched:
+    """Each key's data (a resource, a Bundle, or None = no data) and what could not be read:
+    (key, why) for a key with no data at all, and notes for keys read only in part."""
+
+    data: dict[str, Any]
+    unread: list[tuple[str, str]] = field(default_factory=list)
+    partial: list[tuple[str, str]] = field(default_factory=list)
+
+    def missing_required(self) -> list[tuple[str, str]]:
+        return [(k, why) for k, why in self.unread if k in PREFETCH_KEYS]
+
+
+def resolve_prefetch(body: dict[str, Any], settings: HooksSettings) -> Prefetched:
+    """Each of our prefetch keys -> its data, from the request or fetched. Nothing is raised
+    here: the caller decides between a card and 412 once it knows what the data say."""
     prefetch = body.get("prefetch") or {}
     server = body.get("fhirServer")
     can_fetch = settings.fetcher.can_fetch(server, body.get("fhirAuthorization"))
     patient_id = body["context"]["patientId"]
-    out: dict[str, Any] = {}
-    missing: list[tuple[str, str, str | None]] = []
-    for key in PREFETCH_KEYS:
-        why: str | None = None
-        if key not in prefetch:
-            why = "was not prefetched"
-        elif prefetch[key] is None:
-            out[key] = None
+    out = Prefetched({})
+    for key in ALL_KEYS:
+        given = prefetch.get(key)
+        if key in prefetch and given is None:
+            out.data[key] = None
             continue
-        elif prefetch[key]["resourceType"] == "OperationOutcome":
-            why = "came back as an OperationOutcome (the client's prefetch failed)"
-        elif prefetch[key]["resourceType"] == "Bundle" and next_link(prefetch[key]) is not None:
-            why = "is paginated (the Bundle has a next page)"
-        else:
-            out[key] = prefetch[key]
+        if given is not None and given["resourceType"] == "OperationOutcome":
+            # The client tried and its server refused: asking the same server again would
+            # only repeat the failure (and the load), so the key is read as unavailable.
+            out.data[key] = None
+            out.unread.append((key, "came back as an OperationOutcome (the client's prefetch failed)"))
             continue
+        if given is not None and given["resourceType"] == "Bundle" and next_link(given) is not None:
+            out.data[key] = given
+            if can_fetch:
+                try:
+                    out.data[key] = _fetch(settings, key, server, body, patient_id, given)
+                    continue
+                except FetchError as exc:
+                    log.warning("CDS Hooks: reading further pages of prefetch key %r failed: %s", key, exc)
+            out.partial.append((key, "only the first page was read (further pages could not be fetched)"))
+            continue
+        if given is not None:
+            out.data[key] = given
+            continue
+        why = "was not prefetched"
         if can_fetch:
             try:
-                out[key] = _fetch(settings, key, server, body, patient_id, prefetch.get(key))
+                out.data[key] = _fetch(settings, key, server, body, patient_id, None)
                 continue
             except FetchError as exc:
                 log.warning("CDS Hooks: reading prefetch key %r from the FHIR server failed: %s", key, exc)
                 why += "; reading it from the FHIR server failed"
         else:
-            why += ("; the FHIR server cannot be queried (" + (
+            why += "; the FHIR server cannot be queried (" + (
                 "no fhirAuthorization" if not body.get("fhirAuthorization") else
-                "fhirServer is not on this service's allowlist") + ")")
-        missing.append(("processing", f"Cannot evaluate leg-pain triage: prefetch key '{key}' {why}.",
-                        f"prefetch.{key}"))
-    if missing:
-        raise PreconditionFailed("Required FHIR data unavailable.", missing)
+                "fhirServer is not on this service's allowlist") + ")"
+        out.data[key] = None
+        out.unread.append((key, why))
     return out
+
+
+def precondition_failed(missing: list[tuple[str, str]]) -> PreconditionFailed:
+    return PreconditionFailed("Required FHIR data unavailable.", [
+        ("processing", f"Cannot evaluate leg-pain triage: prefetch key '{key}' {why}.", f"prefetch.{key}")
+        for key, why in missing])
 
 
 def _fetch(settings: HooksSettings, key: str, server: str, body: dict[str, Any], patient_id: str,
@@ -541,14 +593,15 @@ def call_service() -> Response:
                              [("invalid", f"{expr or 'body'} {msg}" if expr else msg, expr or None)
                               for expr, msg in errs])
     settings = _settings()
-    data = resolve_prefetch(body, settings)
+    got = resolve_prefetch(body, settings)
+    data = got.data
     evaluator: Evaluator = current_app.extensions["evaluator"]
     context = body["context"]
     try:
         mapped: Mapped = map_prefetch(
             evaluator.knowledge,
             patient=data["patient"],
-            records=[("prefetch.observations", data["observations"]), ("prefetch.conditions", data["conditions"])],
+            records=[(f"prefetch.{key}", data[key]) for key in ALL_KEYS if key != "patient"],
             patient_id=context["patientId"],
             encounter_id=context.get("encounterId"),
             max_observation_age_days=settings.observation_max_age_days,
@@ -556,11 +609,18 @@ def call_service() -> Response:
     except FhirInputError as exc:
         raise HookBadRequest("The FHIR data cannot be read.", [("structure", str(exc), exc.path)]) from None
     answer = evaluator.evaluate(mapped.encounter)
+    missing = got.missing_required()
+    # Partial data: what arrived is evaluated. A red flag or an urgent / emergency tier in it
+    # cannot be lowered by more data (the rules are monotone for red flags), so it is shown at
+    # once, naming what could not be read; anything milder could change, so 412 as before.
+    if missing and not (answer["red_flags"] or answer["urgency"]["tier"] in ("urgent", "emergency")):
+        raise precondition_failed(missing)
     from service.metrics import record_evaluation  # imported late: prometheus multiprocess set-up
 
     record_evaluation(answer, api="cds-hooks", knowledge=evaluator.knowledge)
+    not_read = [(KEY_DATA[k], why) for k, why in got.unread + got.partial]
     cards = cards_for(answer, evaluator.knowledge, mapped, patient_id=context["patientId"],
-                      encounter_id=context.get("encounterId"))
+                      encounter_id=context.get("encounterId"), not_read=not_read)
     return Response(orjson.dumps({"cards": cards}), mimetype=JSON)
 
 

@@ -8,7 +8,7 @@ answer has a total order).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.ask_next import QuestionRanker
@@ -33,6 +33,9 @@ class Encounter:
     # Asked but unknown (present: null): no fact for the rules; ask_next does not ask them again.
     unknown: frozenset[str] = frozenset()
     ask_next_limit: int | None = None  # None: the default slots (four urgency, three differential)
+    # Coded findings of the native API: which finding each {system, code} was read as. Not part
+    # of the encounter's identity: the same findings however they were coded.
+    codings_read: tuple[dict[str, str], ...] = field(default=(), compare=False)
 
     def facts(self) -> list[Fact]:
         out: list[Fact] = []

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from service import valuesets
 from service.evaluation import Encounter
 from service.knowledge import SEXES, Finding, Knowledge
 from service.units import convert
@@ -116,10 +117,20 @@ def coding_index(k: Knowledge) -> dict[tuple[str, str], tuple[str, ...]]:
 
 
 def findings_for_coding(k: Knowledge, system: str, code: str) -> tuple[str, ...]:
-    """The local findings a coding names: () when unknown, more than one when ambiguous."""
+    """The local findings a coding names: () when unknown, more than one when ambiguous.
+    A vocabulary code names its finding; any other code of a value set names the value set's
+    first finding (a cancer code: active_cancer; a statin: takes_statin), and a measurement's
+    LOINC code its finding."""
     if system == LOCAL_FINDING_SYSTEM:
         return (code,) if code in k.findings else ()
-    return coding_index(k).get((system, code), ())
+    own = coding_index(k).get((system, code), ())
+    if own:
+        return own
+    vsets = valuesets.for_knowledge(k)
+    named = {next(iter(vs.findings)) for vs in vsets.lookup(system, code)
+             if vs.findings and next(iter(vs.findings.values())) != "absent"}
+    named |= {m.finding for m in vsets.measurement(system, code)}
+    return tuple(sorted(f for f in named if f in k.findings))
 
 
 def prefetch_code_filter(k: Knowledge) -> str:
@@ -335,6 +346,8 @@ class _Candidate:
     source: str
     value: float | None = None
     choice: str | None = None
+    label: str = ""      # what the record called it ("Type 2 diabetes mellitus")
+    evidence: str = ""   # where and when ("Condition, recorded 2019-03-02")
 
     def rank(self) -> tuple[Any, ...]:
         # Latest first; undated last; on a tie present beats absent; then a total order.
@@ -351,9 +364,42 @@ class Mapped:
     ignored: list[dict[str, Any]] = field(default_factory=list)
 
 
+MEDICATION_CURRENT = timedelta(days=365)
+LONG_TERM = timedelta(days=90)
+SMOKING_MAX_AGE = timedelta(days=365)
+
+
+def _span(age: timedelta) -> str:
+    return f"{age.days} days" if age.days >= 2 else f"{int(age.total_seconds() // 3600)} hours"
+
+
+def _shown(obs: dict[str, Any]) -> str:
+    """The date an Observation shows the clinician: its effective date, else issued."""
+    for key in ("effectiveDateTime", "effectiveInstant", "issued"):
+        if isinstance(obs.get(key), str):
+            return str(obs[key])[:16].replace("T", " ")
+    period = obs.get("effectivePeriod")
+    if isinstance(period, dict) and isinstance(period.get("start"), str):
+        return str(period["start"])[:16].replace("T", " ")
+    return "undated"
+
+
+def _label(concept: Any) -> str:
+    """What the record calls a concept: its text, else the first coding's display."""
+    if not isinstance(concept, dict):
+        return ""
+    if isinstance(concept.get("text"), str) and concept["text"].strip():
+        return concept["text"].strip()[:120]
+    for c in concept.get("coding") or []:
+        if isinstance(c, dict) and isinstance(c.get("display"), str) and c["display"].strip():
+            return c["display"].strip()[:120]
+    return ""
+
+
 class _Mapper:
     def __init__(self, k: Knowledge, patient_id: str | None, now: datetime, max_age: timedelta) -> None:
         self.k = k
+        self.vsets = valuesets.for_knowledge(k)
         self.patient_id = patient_id
         self.now = now
         self.max_age = max_age
@@ -386,6 +432,12 @@ class _Mapper:
         components = [(f"{path}.component[{i}]", _obj(c, f"{path}.component[{i}]"))
                       for i, c in enumerate(_opt_list(obs, "component", path))]
         parts = [(path, obs), *components]
+        code_pairs = _concepts(obs, "code", path)
+        answer_sets = [vs for vs in self.vsets.sets.values()
+                       if vs.observation_code is not None and vs.observation_code in code_pairs]
+        if answer_sets:
+            self._coded_answer(obs, path, source, status, answer_sets)
+            return
         matched = [(p, part, f) for p, part in parts
                    if (f := self._finding(_concepts(part, "code", p), source)) is not None]
         if not matched:
@@ -399,7 +451,10 @@ class _Mapper:
                 self.candidates.append(_Candidate(f.code, True, when, source))
             return
         for ppath, part, finding in matched:
-            when = self._observation_time(obs, path, source, finding.code, status)
+            measure = next((m for sy, c in _concepts(part, "code", ppath) for m in self.vsets.measurement(sy, c)
+                            if m.finding == finding.code), None)
+            when = self._observation_time(obs, path, source, finding.code, status,
+                                          measure.max_age if measure else None)
             if when is None:
                 continue
             absent = _opt_obj(part, "dataAbsentReason", ppath)
@@ -408,10 +463,75 @@ class _Mapper:
                 if {c for s, c in _concepts(part, "dataAbsentReason", ppath) if s == DATA_ABSENT} & ASKED_UNKNOWN:
                     self.unknown.add(finding.code)
                 continue
+            label = _label(part.get("code")) or finding.display
+            evidence = f"Observation, {_shown(obs)}"
+            if measure is not None and measure.per_reference_high:
+                self._ratio_to_upper_limit(part, ppath, finding, when, source, label, evidence)
+                continue
+            before = len(self.candidates)
             self._observation_value(part, ppath, finding, when, source)
+            if len(self.candidates) > before:  # add what the record called it and when
+                c = self.candidates[-1]
+                self.candidates[-1] = _Candidate(c.finding, c.present, c.when, c.source, c.value, c.choice,
+                                                 label=label, evidence=evidence)
+
+    def _coded_answer(self, obs: dict[str, Any], path: str, source: str, status: str | None,
+                      answer_sets: list[valuesets.ValueSet]) -> None:
+        """Smoking status and the like: the answer code says which findings are present or
+        absent. Read within 12 months: an older answer may no longer hold."""
+        reads: dict[str, bool] = {}
+        answer = _concepts(obs, "valueCodeableConcept", path)
+        for system, code in answer:
+            for vs in self.vsets.lookup(system, code):
+                if vs in answer_sets:
+                    for f, how in vs.findings.items():
+                        reads[f] = how == "present"
+        if not reads:
+            self.ignore(source, "its answer is in none of the value sets for this question")
+            return
+        for code, present in sorted(reads.items()):
+            when = self._observation_time(obs, path, source, code, status, SMOKING_MAX_AGE)
+            if when is None:
+                continue
+            self.candidates.append(_Candidate(code, present, when, source,
+                                              label=_label(obs.get("valueCodeableConcept")),
+                                              evidence=f"Observation, {_shown(obs)}"))
+
+    def _ratio_to_upper_limit(self, part: dict[str, Any], path: str, finding: Finding, when: datetime,
+                              source: str, label: str, evidence: str) -> None:
+        """CK as a multiple of the upper limit of normal: the lab's own referenceRange.high."""
+        q = part.get("valueQuantity")
+        high = None
+        for i, rr in enumerate(_opt_list(part, "referenceRange", path)):
+            rr = _obj(rr, f"{path}.referenceRange[{i}]")
+            if isinstance(rr.get("high"), dict):
+                high = rr["high"]
+                break
+        if not isinstance(q, dict) or high is None:
+            self.ignore(source, "needs a valueQuantity and a referenceRange.high to compare with", finding.code)
+            return
+        value, top = q.get("value"), high.get("value")
+        unit_v = ucum_unit(q.get("system"), q.get("code"), q.get("unit"))
+        unit_h = ucum_unit(high.get("system"), high.get("code"), high.get("unit"))
+        if not isinstance(value, int | float) or not isinstance(top, int | float) or isinstance(value, bool) \
+                or top <= 0 or unit_v is None or unit_h is None:
+            self.ignore(source, "value or upper limit of normal is not a usable number", finding.code)
+            return
+        same = convert(float(top), unit_h, unit_v)
+        if same is None or same <= 0:
+            self.ignore(source, f"unit {unit_h!r} of the upper limit cannot be compared with {unit_v!r}", finding.code)
+            return
+        ratio = round(float(value) / same, 2)
+        lo, hi = finding.range or (-math.inf, math.inf)
+        if not lo <= ratio <= hi:
+            self.ignore(source, f"value {ratio:g} is outside {lo:g}..{hi:g}", finding.code)
+            return
+        self.candidates.append(_Candidate(finding.code, True, when, source, value=ratio, label=label,
+                                          evidence=evidence))
 
     def _observation_time(self, obs: dict[str, Any], path: str, source: str, finding: str,
-                          status: str | None) -> datetime | None:
+                          status: str | None, max_age: timedelta | None = None) -> datetime | None:
+        max_age = max_age or self.max_age
         if status not in USABLE_OBSERVATION_STATUS:
             self.ignore(source, f"status {status or 'missing'} is not final, amended, corrected or preliminary",
                         finding)
@@ -431,8 +551,8 @@ class _Mapper:
         if when is None:
             self.ignore(source, "undated (no effective[x] or issued)", finding)
             return None
-        if when < self.now - self.max_age:
-            self.ignore(source, f"older than {self.max_age.days} days", finding)
+        if when < self.now - max_age:
+            self.ignore(source, f"older than {_span(max_age)}", finding)
             return None
         if when > self.now + timedelta(days=1):
             self.ignore(source, "dated in the future", finding)
@@ -541,39 +661,168 @@ class _Mapper:
         return None
 
     # -- Condition
+    def _condition_findings(self, pairs: list[tuple[str, str]]) -> dict[str, str]:
+        """finding -> how to read it ("active" or "any") for a Condition's codings: the
+        vocabulary's own codes, then every Condition value set holding one of the codings."""
+        out: dict[str, str] = {}
+        for system, code in pairs:
+            own = (code,) if system == LOCAL_FINDING_SYSTEM and code in self.k.findings else \
+                coding_index(self.k).get((system, code), ())
+            for f in own:
+                out.setdefault(f, "any" if f in HISTORY_FINDINGS else "active")
+            for vs in self.vsets.lookup(system, code):
+                if vs.resource != "Condition":
+                    continue
+                for f, how in vs.findings.items():
+                    if f in self.k.findings and (out.get(f) != "any"):
+                        out[f] = how if f not in HISTORY_FINDINGS else "any"
+        return out
+
     def condition(self, cond: dict[str, Any], path: str) -> None:
         source = _ref(cond, path)
         _check_subject(cond, path, self.patient_id)
-        finding = self._finding(_concepts(cond, "code", path), source)
-        if finding is None:
+        pairs = _concepts(cond, "code", path)
+        reads = self._condition_findings(pairs)
+        if not reads:
             return
-        if finding.type != "boolean":
-            self.ignore(source, f"{finding.code} is a {finding.type} finding; a Condition can only say yes or no",
-                        finding.code)
-            return
+        label = _label(cond.get("code"))
         verification = {c for s, c in _concepts(cond, "verificationStatus", path) if s == CONDITION_VERIFICATION}
         clinical = {c for s, c in _concepts(cond, "clinicalStatus", path) if s == CONDITION_CLINICAL}
         when = None
+        shown = None
         for key in ("recordedDate", "onsetDateTime"):
             if cond.get(key) is not None:
                 when = parse_fhir_datetime(cond[key], f"{path}.{key}", latest=True)
+                shown = f"{'recorded' if key == 'recordedDate' else 'onset'} {str(cond[key])[:10]}"
                 break
-        if "entered-in-error" in verification:
-            self.ignore(source, "entered in error", finding.code)
+        status = sorted(clinical)[0] if clinical else None
+        evidence = "Condition" + (f", {status}" if status and status != "active" else "") + \
+            (f", {shown}" if shown else "")
+        for code, how in sorted(reads.items()):
+            finding = self.k.findings[code]
+            if finding.type != "boolean":
+                self.ignore(source, f"{code} is a {finding.type} finding; a Condition can only say yes or no", code)
+                continue
+            if "entered-in-error" in verification:
+                self.ignore(source, "entered in error", code)
+                continue
+            if "refuted" in verification:
+                self.candidates.append(_Candidate(code, False, when, source, label=label, evidence=evidence))
+                continue
+            if clinical & PRESENT_CLINICAL_STATUS or how == "any":
+                self.candidates.append(_Candidate(code, True, when, source, label=label, evidence=evidence))
+                continue
+            if clinical & PAST_CLINICAL_STATUS:
+                self.ignore(source, f"clinical status {sorted(clinical)[0]}: not current", code)
+                continue
+            if any(cond.get(k) is not None for k in cond if k.startswith("abatement")):
+                self.ignore(source, "abated, with no clinical status", code)
+                continue
+            self.candidates.append(_Candidate(code, True, when, source, label=label, evidence=evidence))
+
+    # -- MedicationRequest
+    def medication_request(self, med: dict[str, Any], path: str) -> None:
+        source = _ref(med, path)
+        _check_subject(med, path, self.patient_id)
+        concept = _opt_obj(med, "medicationCodeableConcept", path)
+        cpath = f"{path}.medicationCodeableConcept"
+        ref = _opt_obj(med, "medicationReference", path)
+        if concept is None and ref is not None:
+            # Only a contained Medication can be read: an outside one would need another query.
+            target = _opt_str(ref, "reference", f"{path}.medicationReference")
+            for i, c in enumerate(_opt_list(med, "contained", path)):
+                c = _obj(c, f"{path}.contained[{i}]")
+                if target and target.startswith("#") and c.get("id") == target[1:] \
+                        and c.get("resourceType") == "Medication":
+                    concept, cpath = _opt_obj(c, "code", f"{path}.contained[{i}]"), f"{path}.contained[{i}].code"
+        pairs = _codings(concept, cpath)
+        reads: dict[str, str] = {}
+        for system, code in pairs:
+            for vs in self.vsets.lookup(system, code):
+                if vs.resource == "MedicationRequest":
+                    for f, how in vs.findings.items():
+                        if f in self.k.findings:
+                            reads[f] = "active" if reads.get(f) == "active" else how
+        if not reads:
+            if concept is None and ref is not None:
+                self.ignore(source, "medicationReference to a Medication outside the request is not read")
             return
-        if "refuted" in verification:
-            self.candidates.append(_Candidate(finding.code, False, when, source))
+        status = _opt_str(med, "status", path)
+        label = _label(concept)
+        authored = None
+        if med.get("authoredOn") is not None:
+            authored = parse_fhir_datetime(med["authoredOn"], f"{path}.authoredOn", latest=False)
+        validity_end = None
+        dispense = _opt_obj(med, "dispenseRequest", path)
+        period = _opt_obj(dispense, "validityPeriod", f"{path}.dispenseRequest") if dispense else None
+        if period is not None and period.get("end") is not None:
+            validity_end = parse_fhir_datetime(period["end"], f"{path}.dispenseRequest.validityPeriod.end",
+                                               latest=True)
+        for code, how in sorted(reads.items()):
+            if status != "active":
+                self.ignore(source, f"status {status or 'missing'}: not an active prescription", code)
+                continue
+            if med.get("doNotPerform") is True:
+                self.ignore(source, "doNotPerform: a medicine not to give", code)
+                continue
+            # An order left "active" for years is a record-keeping leftover, not a current
+            # medicine: current means written within a year or still inside its validity period.
+            current = (validity_end is not None and validity_end >= self.now) or \
+                (authored is not None and authored >= self.now - MEDICATION_CURRENT)
+            if not current:
+                self.ignore(source, "marked active but written over a year ago with no current validity period "
+                                    "(stale)", code)
+                continue
+            if how == "long_term" and (authored is None or authored > self.now - LONG_TERM):
+                self.ignore(source, "started less than 3 months ago (the finding needs 3 months or more)", code)
+                continue
+            evidence = "active MedicationRequest" + (f", written {str(med['authoredOn'])[:10]}"
+                                                     if authored is not None else "")
+            self.candidates.append(_Candidate(code, True, authored or self.now, source, label=label,
+                                              evidence=evidence))
+
+    # -- Procedure
+    def procedure(self, proc: dict[str, Any], path: str) -> None:
+        source = _ref(proc, path)
+        _check_subject(proc, path, self.patient_id)
+        pairs = _concepts(proc, "code", path)
+        reads: dict[str, timedelta] = {}
+        for system, code in pairs:
+            for vs in self.vsets.lookup(system, code):
+                if vs.resource == "Procedure":
+                    for f, how in vs.findings.items():
+                        if f in self.k.findings:
+                            reads[f] = timedelta(days=int(how[:-1]))
+        if not reads:
             return
-        if clinical & PRESENT_CLINICAL_STATUS or finding.code in HISTORY_FINDINGS:
-            self.candidates.append(_Candidate(finding.code, True, when, source))
-            return
-        if clinical & PAST_CLINICAL_STATUS:
-            self.ignore(source, f"clinical status {sorted(clinical)[0]}: not current", finding.code)
-            return
-        if any(cond.get(k) is not None for k in cond if k.startswith("abatement")):
-            self.ignore(source, "abated, with no clinical status", finding.code)
-            return
-        self.candidates.append(_Candidate(finding.code, True, when, source))
+        status = _opt_str(proc, "status", path)
+        when, shown = None, None
+        if proc.get("performedDateTime") is not None:
+            when = parse_fhir_datetime(proc["performedDateTime"], f"{path}.performedDateTime", latest=True)
+            shown = str(proc["performedDateTime"])[:10]
+        period = _opt_obj(proc, "performedPeriod", path)
+        if when is None and period is not None:
+            for key in ("end", "start"):
+                if period.get(key) is not None:
+                    when = parse_fhir_datetime(period[key], f"{path}.performedPeriod.{key}", latest=True)
+                    shown = str(period[key])[:10]
+                    break
+        label = _label(proc.get("code"))
+        for code, window in sorted(reads.items()):
+            if status != "completed":
+                self.ignore(source, f"status {status or 'missing'}: not a completed procedure", code)
+                continue
+            if when is None:
+                self.ignore(source, "undated (no performed[x])", code)
+                continue
+            if when < self.now - window:
+                self.ignore(source, f"performed more than {window.days} days ago", code)
+                continue
+            if when > self.now + timedelta(days=1):
+                self.ignore(source, "dated in the future", code)
+                continue
+            self.candidates.append(_Candidate(code, True, when, source, label=label,
+                                              evidence=f"Procedure, performed {shown}"))
 
     def result(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         best: dict[str, _Candidate] = {}
@@ -590,7 +839,9 @@ class _Mapper:
             if c.choice is not None:
                 entry["choice"] = c.choice
             findings[code] = entry
-            used.append({"finding": code, **entry, "resource": c.source})
+            used.append({"finding": code, **entry, "resource": c.source,
+                         **({"label": c.label} if c.label else {}),
+                         **({"evidence": c.evidence} if c.evidence else {})})
         for c in self.candidates:
             if best[c.finding] is not c and c.source != best[c.finding].source:
                 self.ignore(c.source, f"a later or equal record of {c.finding} was used", c.finding)
@@ -659,6 +910,10 @@ def map_prefetch(
                 mapper.observation(resource, rpath)
             elif rtype == "Condition":
                 mapper.condition(resource, rpath)
+            elif rtype == "MedicationRequest":
+                mapper.medication_request(resource, rpath)
+            elif rtype == "Procedure":
+                mapper.procedure(resource, rpath)
             # Other resource types are not ours to read; they are skipped.
     findings, used = mapper.result()
     return Mapped(

@@ -68,7 +68,7 @@ MAX_SUMMARY = 139
 
 # --- card uuids that carry their type ------------------------------------------------------
 
-CARD_TYPES: tuple[str, ...] = tuple(f"urgency-{t}" for t in TIERS)
+CARD_TYPES: tuple[str, ...] = (*(f"urgency-{t}" for t in TIERS), "questions")
 _TYPE_BYTE = {t: i + 1 for i, t in enumerate(CARD_TYPES)}
 _BYTE_TYPE = {i: t for t, i in _TYPE_BYTE.items()}
 _TAG = b"legpain-cds card uuid v1"
@@ -191,7 +191,33 @@ def summary_for(answer: dict[str, Any]) -> str:
     return cut + "…"
 
 
-def detail_for(answer: dict[str, Any], k: Knowledge, mapped: Mapped) -> str:
+def evidence_lines(k: Knowledge, mapped: Mapped, not_read: list[tuple[str, str]]) -> list[str]:
+    """What was read from the record, as the record named it and with where and when it was
+    recorded ("Type 2 diabetes mellitus (Condition, recorded 2019-03-02)"), and what could not
+    be read. Every value from the record is escaped."""
+    lines: list[str] = []
+    if mapped.used:
+        lines.append("**Read from the record**")
+        for u in mapped.used:
+            f = k.findings[u["finding"]]
+            value = ("present" if u["present"] else "absent") if "value" not in u and "choice" not in u else (
+                f"{u['value']:g} {f.unit}" if "value" in u else u["choice"])
+            label = u.get("label") or f.display
+            where = u.get("evidence") or u["resource"]
+            read_as = "" if label == f.display else f" - read as {_md(f.display)}"
+            lines.append(f"- {_md(label)} ({_md(where)}; {_md(u['resource'])}): {_md(value)}{read_as}")
+        lines.append("")
+    if not_read:
+        lines.append("**Could not be read** (not known to be absent)")
+        for what, why in not_read:
+            lines.append(f"- {_md(what)}: {_md(why)}")
+        lines.append("")
+    return lines
+
+
+def detail_for(answer: dict[str, Any], k: Knowledge, mapped: Mapped,
+               not_read: list[tuple[str, str]] | None = None) -> str:
+    not_read = not_read or []
     tier = answer["urgency"]["tier"]
     lines = [f"**Urgency: {tier}** - {TIER_PHRASE[tier]}.", ""]
     if answer["urgency"]["reasons"]:
@@ -230,14 +256,7 @@ def detail_for(answer: dict[str, Any], k: Knowledge, mapped: Mapped) -> str:
         for q in answer["ask_next"][:3]:
             lines.append(f"- {_md(q['question'])}")
         lines.append("")
-    if mapped.used:
-        lines.append("**Read from the record**")
-        for u in mapped.used:
-            name = k.findings[u["finding"]].display
-            value = ("present" if u["present"] else "absent") if "value" not in u and "choice" not in u else (
-                f"{u['value']:g} {k.findings[u['finding']].unit}" if "value" in u else u["choice"])
-            lines.append(f"- {_md(name)}: {_md(value)} ({_md(u['resource'])})")
-        lines.append("")
+    lines += evidence_lines(k, mapped, not_read)
     if mapped.ignored:
         lines.append(f"**Matched but not used** ({len(mapped.ignored)})")
         for entry in mapped.ignored[:10]:
@@ -265,12 +284,12 @@ def provenance_extension(answer: dict[str, Any], mapped: Mapped) -> dict[str, An
 
 
 def urgency_card(answer: dict[str, Any], k: Knowledge, mapped: Mapped, *, patient_id: str,
-                 encounter_id: str | None) -> dict[str, Any]:
+                 encounter_id: str | None, not_read: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     tier = answer["urgency"]["tier"]
     card: dict[str, Any] = {
         "uuid": card_uuid(f"urgency-{tier}"),
         "summary": summary_for(answer),
-        "detail": detail_for(answer, k, mapped),
+        "detail": detail_for(answer, k, mapped, not_read),
         "indicator": INDICATOR[tier],
         "source": {
             "label": f"{k.title} (rule set {k.name} {k.version})"[:200],
@@ -300,11 +319,43 @@ def urgency_card(answer: dict[str, Any], k: Knowledge, mapped: Mapped, *, patien
 
 
 def cards_for(answer: dict[str, Any], k: Knowledge, mapped: Mapped, *, patient_id: str,
-              encounter_id: str | None) -> list[dict[str, Any]]:
-    """No rule fired (nothing in the record bears on leg pain): no card, i.e. no guidance."""
-    if not answer["provenance"]:
+              encounter_id: str | None, not_read: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """A card for the tier when a rule fired. When none fired but the record holds a leg-pain
+    complaint, one info card with the red-flag questions to ask: silence would read as "nothing
+    to worry about". Otherwise (nothing bears on leg pain) no card."""
+    if answer["provenance"]:
+        return [urgency_card(answer, k, mapped, patient_id=patient_id, encounter_id=encounter_id,
+                             not_read=not_read)]
+    complaint = [c for c, f in mapped.encounter.findings.items()
+                 if f.get("present") and c in k.findings and k.findings[c].topic == "pain"]
+    if not complaint:
         return []
-    return [urgency_card(answer, k, mapped, patient_id=patient_id, encounter_id=encounter_id)]
+    return [questions_card(answer, k, mapped, not_read or [])]
+
+
+def questions_card(answer: dict[str, Any], k: Knowledge, mapped: Mapped,
+                   not_read: list[tuple[str, str]]) -> dict[str, Any]:
+    """Leg pain in the record but too little for a tier: the red-flag questions to ask."""
+    known = set(mapped.encounter.findings)
+    questions = [f.question for f in k.findings.values() if f.topic == "red_flags" and f.code not in known]
+    lines = ["**Not enough data for a triage tier.** The record has a leg-pain complaint; ask about the red "
+             "flags below, then enter the answers.", "", "**Red-flag questions**"]
+    lines += [f"- {_md(q)}" for q in questions]
+    lines.append("")
+    lines += evidence_lines(k, mapped, not_read)
+    lines += [f"Rule set {_md(k.name)} {k.version} (sha256 {k.sha256[:12]}).", "", f"_{answer['disclaimer']}_"]
+    return {
+        "uuid": card_uuid("questions"),
+        "summary": "Leg pain: not enough data for triage - ask the red-flag questions",
+        "detail": "\n".join(lines),
+        "indicator": "info",
+        "source": {
+            "label": f"{k.title} (rule set {k.name} {k.version})"[:200],
+            "topic": {"system": TOPIC_SYSTEM, "code": "leg-pain-triage", "display": "Leg pain triage"},
+        },
+        "overrideReasons": [{"system": NON_ADHERENCE, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
+        "extension": provenance_extension(answer, mapped),
+    }
 
 
 # --- GuidanceResponse (native API, Accept: application/fhir+json) -------------------------

@@ -45,11 +45,15 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
     findings: dict[str, dict[str, Any]] = {}
     unknown: set[str] = set()
     where: dict[str, int] = {}
+    codings_read: list[dict[str, str]] = []
     for i, item in enumerate(data["findings"]):
         ptr = f"/findings/{i}"
         f = _resolve_coding(k, item, ptr, errors)
         if f is None:
             continue
+        if "system" in item:
+            codings_read.append({"pointer": ptr, "system": item["system"], "code": item["code"],
+                                 "finding": f["code"], "display": k.findings[f["code"]].display})
         if f["code"] in where:  # e.g. a SNOMED CT coding and the local code of one finding
             errors.append(FieldError(f"{ptr}/code", "duplicate",
                                      f"This names finding {f['code']!r}, already given at index {where[f['code']]}."))
@@ -82,6 +86,7 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
         encounter_id=data.get("encounter_id"),
         unknown=frozenset(unknown),
         ask_next_limit=data.get("ask_next_limit"),
+        codings_read=tuple(codings_read),
     )
 
 

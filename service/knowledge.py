@@ -8,6 +8,7 @@ the YAML. Frozen dataclasses so that nothing in a request can change the loaded 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 TIERS: tuple[str, ...] = ("routine", "soon", "urgent", "emergency")
@@ -230,6 +231,8 @@ class Knowledge:
     cases: tuple[Case, ...] = ()
     readiness_case: str | None = None
     rules_by_id: dict[str, Rule] = field(default_factory=dict)
+    # The rule set's folder: its valuesets/ say which recorded codes count as which finding.
+    rules_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.rules_by_id:

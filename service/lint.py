@@ -48,6 +48,7 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
     warnings += [f"condition {c} has no route to a test" for c in k.conditions if c not in tested]
 
     _self_check_coverage(k, errors)
+    _value_sets(k, errors)
     report = run_cases(evaluator)
     for case_id, failures in report.failures.items():
         errors.extend(f"case {case_id}: {f}" for f in failures)
@@ -55,6 +56,18 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
         if rule.id not in report.rules_fired:
             warnings.append(f"{rule.file} rule {rule.id} is fired by no clinical case")
     return errors, warnings
+
+
+def _value_sets(k: Knowledge, errors: list[str]) -> None:
+    """Every value set code's syntax and meaning (service/valuesets.py)."""
+    from service import valuesets
+
+    try:
+        vsets = valuesets.for_knowledge(k)
+    except valuesets.ValueSetError as exc:
+        errors.append(f"value sets: {exc}")
+        return
+    errors.extend(valuesets.lint(vsets, set(k.findings)))
 
 
 def emergency_rules(k: Knowledge) -> list[Rule]:

@@ -94,6 +94,8 @@ def _rule_files(rules_dir: Path) -> list[Path]:
     files = [rules_dir / name for name in CATALOGUE_FILES if (rules_dir / name).exists()]
     files += sorted((rules_dir / "domains").glob("*.yaml"))
     files += sorted((rules_dir / "cases").glob("*.yaml"))
+    # Value sets decide what a record is read as, so they are part of what the hash stands for.
+    files += sorted((rules_dir / "valuesets").glob("*.yaml"))
     return files
 
 
@@ -186,6 +188,7 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
         rules=tuple(rules),
         cases=tuple(cases),
         readiness_case=readiness or (case_ids[0] if case_ids else None),
+        rules_dir=rules_dir,
     )
 
 

@@ -60,9 +60,10 @@ VALIDATION_REASONS = frozenset({
 # CDS Hooks feedback (spec: outcome is "accepted" or "overridden").
 FEEDBACK_OUTCOMES = frozenset({"accepted", "overridden"})
 # Kinds of card the CDS Hooks service returns (service/fhir_out.py CARD_TYPES: one card per
-# urgency tier; "unknown" for a card uuid it did not issue). tests/test_metrics.py keeps the two
+# urgency tier, "questions" when there is too little for a tier; "unknown" for a card uuid it
+# did not issue). tests/test_metrics.py keeps the two
 # in step; anything else counts as "other".
-CARD_TYPES = frozenset({f"urgency-{tier}" for tier in TIER_RANK} | {"unknown"})
+CARD_TYPES = frozenset({f"urgency-{tier}" for tier in TIER_RANK} | {"questions", "unknown"})
 OTHER = "other"
 # The classic text format every Prometheus server reads (prometheus_client's "latest" is 1.0.0).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

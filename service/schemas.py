@@ -82,7 +82,9 @@ class FindingInputSchema(StrictSchema):
         validate=validate.Length(1, 256),
         metadata={"description": "Optional code system: `code` is then a code of that system (e.g. "
                                  "http://snomed.info/sct or http://loinc.org) that GET /v1/findings lists for a "
-                                 "finding; urn:legpain-cds:finding takes the local codes",
+                                 "finding, or any code of a value set (rules/valuesets: SNOMED CT, ICD-10-CM "
+                                 "codes and their children, LOINC, RxNorm); the answer's codings_read says which "
+                                 "finding it was read as. urn:legpain-cds:finding takes the local codes",
                   "example": "http://snomed.info/sct"},
     )
     code = fields.String(
@@ -295,6 +297,15 @@ class TraceSchema(Schema):
     derived = fields.List(fields.String(), required=True)
 
 
+class CodingReadSchema(Schema):
+    pointer = fields.String(required=True, metadata={"example": "/findings/0"})
+    system = fields.String(required=True, metadata={"example": "http://www.nlm.nih.gov/research/umls/rxnorm"})
+    code = fields.String(required=True, metadata={"example": "259255"})
+    finding = fields.String(required=True, metadata={"description": "The local finding code it was read as",
+                                                     "example": "takes_statin"})
+    display = fields.String(required=True)
+
+
 class EvaluationResponseSchema(Schema):
     evaluation_id = fields.UUID(required=True)
     encounter_id = fields.String()
@@ -312,6 +323,12 @@ class EvaluationResponseSchema(Schema):
         fields.Nested(AnswerWarningSchema), required=True,
         metadata={"description": "What the request left out that the answer depends on (e.g. no age: the "
                                  "rules on age could not fire); empty when nothing is missing"},
+    )
+    codings_read = fields.List(
+        fields.Nested(CodingReadSchema),
+        metadata={"description": "Only when findings were sent as codings ({system, code}): the finding each "
+                                 "was read as. Any code of a value set (rules/valuesets: SNOMED CT, ICD-10-CM "
+                                 "by prefix, LOINC, RxNorm) names that value set's finding"},
     )
     ask_next = fields.List(fields.Nested(AskNextSchema), required=True)
     advice = fields.List(fields.Nested(AdviceOutSchema), required=True)

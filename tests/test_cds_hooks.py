@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
 from service import create_app
-from service.cds_hooks import SERVICE_ID, add_feedback_listener, feedback_counts
+from service.cds_hooks import EXTRA_KEYS, SERVICE_ID, add_feedback_listener, feedback_counts, prefetch_templates
 from service.fhir_mapping import LOCAL_FINDING_SYSTEM, LOINC, SNOMED, UCUM
 from service.fhir_out import (
     CARD_TYPES,
@@ -104,6 +104,9 @@ def check_card(card: dict[str, Any]) -> None:
     tier = card["extension"]["example.legpain-cds.provenance"]["tier"]
     assert card["indicator"] == {"emergency": "critical", "urgent": "warning", "soon": "warning",
                                  "routine": "info"}[tier]
+    if card_type_of(card["uuid"]) == "questions":  # leg pain, too little for a tier
+        assert card["indicator"] == "info" and "Red-flag questions" in card["detail"]
+        return
     assert card_type_of(card["uuid"]) == f"urgency-{tier}"
     assert "rule set" in card["source"]["label"]
     for s in card.get("suggestions", []):
@@ -124,9 +127,13 @@ class FakeFhir:
 
     def __init__(self, observations: list[dict[str, Any]] | None = None,
                  conditions: list[dict[str, Any]] | None = None, status: int = 200,
-                 pages: dict[str, dict[str, Any]] | None = None) -> None:
+                 pages: dict[str, dict[str, Any]] | None = None,
+                 medications: list[dict[str, Any]] | None = None,
+                 procedures: list[dict[str, Any]] | None = None) -> None:
         self.observations = observations or []
         self.conditions = conditions or []
+        self.medications = medications or []
+        self.procedures = procedures or []
         self.status = status
         self.pages = pages or {}
         self.calls: list[tuple[str, str]] = []
@@ -143,8 +150,14 @@ class FakeFhir:
             return 200, orjson.dumps({"resourceType": "Patient", "id": pid, "gender": "female",
                                       "birthDate": "1958-03-14"})
         kind = path.rsplit("/", 1)[1]
-        pid = dict(p.split("=", 1) for p in url.split("?", 1)[1].split("&"))["patient"]
-        resources = {"Observation": self.observations, "Condition": self.conditions}[kind]
+        params = dict(p.split("=", 1) for p in url.split("?", 1)[1].split("&"))
+        pid = params["patient"]
+        resources = {"Observation": self.observations, "Condition": self.conditions,
+                     "MedicationRequest": self.medications, "Procedure": self.procedures}[kind]
+        if "category" in params:  # as a server does: only resources of a listed category
+            wanted = set(params["category"].split(","))
+            resources = [r for r in resources if wanted & {c.get("code") for cc in r.get("category", [])
+                                                           for c in cc.get("coding", [])}]
         return 200, orjson.dumps(searchset(*({**r, "subject": {"reference": f"Patient/{pid}"}} for r in resources)))
 
 
@@ -364,7 +377,10 @@ def test_every_clinical_case_gives_the_same_tier_and_rules_through_cds_hooks(cli
         cards = check_cards(client.post(SERVICE, json=req))
         native = evaluator.evaluate(parse_encounter(knowledge, case.request))
         if not native["provenance"]:
-            assert cards == []
+            # a leg-pain complaint with too little for a tier: the red-flag questions card
+            complaint = any(f.get("present", True) and knowledge.findings[f["code"]].topic == "pain"
+                            for f in case.request.get("findings", []))
+            assert [card_type_of(c["uuid"]) for c in cards] == (["questions"] if complaint else []), case.id
             continue
         prov = cards[0]["extension"]["example.legpain-cds.provenance"]
         assert prov["tier"] == native["urgency"]["tier"], case.id
@@ -387,18 +403,27 @@ def test_discovery(client, knowledge):
     for service in body["services"]:
         prefetch = service["prefetch"]
         assert prefetch["patient"] == "Patient/{{context.patientId}}"
-        for key in ("observations", "conditions"):
+        resource_of = {"observations": "Observation", "conditions": "Condition", "vital-signs": "Observation",
+                       "laboratory": "Observation", "social-history": "Observation",
+                       "medications": "MedicationRequest", "procedures": "Procedure"}
+        assert set(prefetch) == {"patient", *resource_of}
+        for key, want in resource_of.items():
             resource, query = prefetch[key].split("?", 1)
-            assert resource == {"observations": "Observation", "conditions": "Condition"}[key]
+            assert resource == want
+            assert len(prefetch[key]) < 2000  # what EHRs and proxies take
             params = dict(p.split("=", 1) for p in query.split("&"))
-            # only what the spec's prefetch query restrictions allow
-            assert set(params) <= {"patient", "code", "_sort", "_count"}
+            # only what the spec's prefetch query restrictions allow: the patient, token
+            # searches (code, category, status) and paging
+            assert set(params) <= {"patient", "code", "category", "status", "_sort", "_count"}
             assert params["patient"] == "{{context.patientId}}"
-            codes = params["code"].split(",")
-            assert f"{LOCAL_FINDING_SYSTEM}|" in codes
-            for f in knowledge.findings.values():
-                for c in f.codes:
-                    assert f"{c.system}|{c.code}" in codes
+        assert prefetch["medications"].endswith("status=active&_count=100")
+        assert "category=vital-signs" in prefetch["vital-signs"]
+        assert "category=problem-list-item,encounter-diagnosis" in prefetch["conditions"]
+        codes = prefetch["observations"].split("code=")[1].split("&")[0].split(",")
+        assert f"{LOCAL_FINDING_SYSTEM}|" in codes
+        for f in knowledge.findings.values():
+            for c in f.codes:
+                assert f"{c.system}|{c.code}" in codes
         assert service["extension"]["example.legpain-cds.ruleset"]["version"] == knowledge.version
 
 
@@ -478,7 +503,11 @@ def test_fetching_uses_the_token_and_the_templates(fetch_client, fake_fhir, know
     urls = [u for u, _ in fake_fhir.calls]
     assert urls[0] == "http://hooks.smarthealthit.org:9080/Patient/1288992"
     assert urls[1].startswith("http://hooks.smarthealthit.org:9080/Observation?patient=1288992&code=")
-    assert urls[2].startswith("http://hooks.smarthealthit.org:9080/Condition?patient=1288992&code=")
+    assert urls[2] == ("http://hooks.smarthealthit.org:9080/Condition?patient=1288992"
+                       "&category=problem-list-item,encounter-diagnosis&_count=200")
+    assert urls[3:] == [f"http://hooks.smarthealthit.org:9080/{knowledge_template}".replace(
+        "{{context.patientId}}", "1288992") for knowledge_template in
+        [prefetch_templates(knowledge)[k] for k in EXTRA_KEYS]]
     assert {auth for _, auth in fake_fhir.calls} == {f"Bearer {TOKEN}"}
 
 
@@ -572,12 +601,14 @@ def test_an_operation_outcome_for_our_key_is_412_naming_it(client):
 
 
 @pytest.mark.needs_shared
-def test_an_operation_outcome_for_our_key_is_fetched_instead(fetch_client, fake_fhir, knowledge):
+def test_an_operation_outcome_for_our_key_is_not_queried_again(fetch_client, fake_fhir, knowledge):
+    """The client's server already refused: asking it again would repeat the failure."""
     fake_fhir.observations = [observation(knowledge, "o1", "calf_tenderness", valueBoolean=True)]
     oo = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     req = with_token(base_request(patient=None, observations=oo, conditions=None))
-    assert check_cards(fetch_client.post(SERVICE, json=req))
-    assert len(fake_fhir.calls) == 1 and "/Observation?" in fake_fhir.calls[0][0]
+    body = check_outcome(fetch_client.post(SERVICE, json=req), 412)
+    assert "OperationOutcome" in body["issue"][0]["details"]["text"]
+    assert not any("/Observation?" in url and "code=" in url for url, _ in fake_fhir.calls)
 
 
 @pytest.mark.needs_shared
@@ -589,18 +620,21 @@ def test_keys_we_did_not_ask_for_are_ignored(client, knowledge):
 
 
 @pytest.mark.needs_shared
-def test_a_paginated_prefetch_is_412_without_access_and_completed_with_it(client, fetch_client, fake_fhir, knowledge):
+def test_a_paginated_prefetch_reads_its_first_page_without_access_and_all_with_it(client, fetch_client, fake_fhir,
+                                                                                    knowledge):
     page2 = f"{EHR}/Observation?patient=pat-dvt-01&page=2"
     first = searchset(observation(knowledge, "o1", "leg_swelling_unilateral", valueBoolean=True),
                       link=[{"relation": "next", "url": page2}])
     fake_fhir.pages[page2] = searchset(observation(knowledge, "o2", "calf_tenderness", valueBoolean=True))
     req = base_request(patient=None, observations=first, conditions=None)
-    body = check_outcome(client.post(SERVICE, json=req), 412)
-    assert "paginated" in body["issue"][0]["details"]["text"]
+    cards = check_cards(client.post(SERVICE, json=req))
+    used = {u["finding"] for u in cards[0]["extension"]["example.legpain-cds.provenance"]["findingsUsed"]}
+    assert used == {"leg_swelling_unilateral"}
+    assert "only the first page was read" in cards[0]["detail"]
     cards = check_cards(fetch_client.post(SERVICE, json=with_token(req)))
     used = {u["finding"] for u in cards[0]["extension"]["example.legpain-cds.provenance"]["findingsUsed"]}
     assert used == {"leg_swelling_unilateral", "calf_tenderness"}
-    assert [u for u, _ in fake_fhir.calls] == [page2]
+    assert [u for u, _ in fake_fhir.calls if "/Observation?" in u and "category" not in u] == [page2]
 
 
 @pytest.mark.needs_shared
@@ -608,8 +642,9 @@ def test_a_next_link_off_the_fhir_server_is_not_followed(fetch_client, fake_fhir
     first = searchset(observation(knowledge, "o1", "calf_tenderness", valueBoolean=True),
                       link=[{"relation": "next", "url": "https://attacker.example/steal"}])
     req = with_token(base_request(patient=None, observations=first, conditions=None))
-    check_outcome(fetch_client.post(SERVICE, json=req), 412)
-    assert fake_fhir.calls == []
+    cards = check_cards(fetch_client.post(SERVICE, json=req))  # the first page is read
+    assert "only the first page was read" in cards[0]["detail"]
+    assert not any("attacker" in url for url, _ in fake_fhir.calls)
 
 
 @pytest.mark.needs_shared
@@ -966,8 +1001,12 @@ def test_coded_findings_over_http(client, knowledge, snomed_coding):
     local = client.post("/v1/evaluations", json={**NATIVE, "findings": [*NATIVE["findings"][:4], {"code": code}]})
     coded = client.post("/v1/evaluations", json={**NATIVE, "findings": [
         *NATIVE["findings"][:4], {"system": coding.system, "code": coding.code}]})
-    strip = lambda b: {k: v for k, v in b.items() if k != "evaluation_id"}  # noqa: E731
+    strip = lambda b: {k: v for k, v in b.items() if k not in ("evaluation_id", "codings_read")}  # noqa: E731
     assert coded.status_code == 200 and strip(coded.get_json()) == strip(local.get_json())
+    assert coded.get_json()["codings_read"] == [{"pointer": "/findings/4", "system": coding.system,
+                                                 "code": coding.code, "finding": code,
+                                                 "display": knowledge.findings[code].display}]
+    assert "codings_read" not in local.get_json()
 
 
 @pytest.fixture(scope="module")
