@@ -45,6 +45,13 @@ find_python() {
   return 1
 }
 
+# The other versions' fast suites start real processes rarely and never the timing-sensitive
+# ones (those are "slow"), so they run side by side, after the whole suite, each writing its
+# own log: on 2 cores that keeps the whole run near 9 minutes instead of 11.
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+pids=()
+versions=()
 for v in $OTHERS; do
   [ "$v" = "$default_version" ] && continue
   if ! interpreter="$(find_python "$v")"; then
@@ -52,15 +59,26 @@ for v in $OTHERS; do
     continue
   fi
   echo "test: the fast suite on Python $v ($interpreter) in .venv-$v" >&2
-  start=$SECONDS
-  rc=0
-  VENV=".venv-$v" PYTHON="$interpreter" bash scripts/setup.sh test || rc=$?
-  if [ $rc -eq 0 ]; then
-    ".venv-$v/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider || rc=$?
+  if ! VENV=".venv-$v" PYTHON="$interpreter" bash scripts/setup.sh test; then
+    summary+=("Python $v (.venv-$v): set-up FAILED")
+    status=1
+    continue
   fi
-  [ $rc -eq 0 ] || status=1
+  ( start=$SECONDS; rc=0
+    ".venv-$v/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider >"$logs/$v.log" 2>&1 || rc=$?
+    echo "$rc $((SECONDS - start))" >"$logs/$v.rc" ) &
+  pids+=("$!")
+  versions+=("$v")
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || true
+  v="${versions[$i]}"
+  echo "test: the fast suite on Python $v" >&2
+  cat "$logs/$v.log"
+  read -r rc took <"$logs/$v.rc"
+  [ "$rc" -eq 0 ] || status=1
   full="$(".venv-$v/bin/python" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "$v")"
-  summary+=("Python $full (.venv-$v): fast suite $(result $rc) in $((SECONDS - start)) s")
+  summary+=("Python $full (.venv-$v): fast suite $(result "$rc") in $took s")
 done
 
 echo
