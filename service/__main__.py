@@ -103,7 +103,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
 
     # Validation figures per folder; the blind folder is scored, not pass/fail, except that an
     # under-triaged emergency anywhere fails the run (issue 12).
-    rules_dir = args.rules or os.environ.get("CDS_RULES_DIR") or "rules"
+    rules_dir = args.rules or load_config()["RULES_DIR"]
     folders = [("cases/", rule_side_cases(evaluator))]
     blind = load_blind_cases(rules_dir)
     if blind:

@@ -25,6 +25,7 @@ from service.errors import ServiceError
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
 from service.knowledge import TIER_RANK
+from service.loader import StrictLoader
 
 BLIND_DIR = "cases/blind"
 
@@ -100,7 +101,9 @@ def load_blind_cases(rules_dir: str | Path) -> list[ScoredCase]:
     for path in sorted(folder.glob("*.yaml")):
         rel = f"{BLIND_DIR}/{path.name}"
         try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+            # The rule set's loader: a key repeated in a case (two `tier:`) is refused, not
+            # silently resolved to the last one. Bandit B506: StrictLoader is a SafeLoader.
+            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # nosec B506
         except yaml.YAMLError as exc:
             raise ServiceError(f"{rel}: not valid YAML: {exc}") from exc
         items = doc.get("cases") if isinstance(doc, dict) else None

@@ -104,3 +104,11 @@ def test_a_test_priority_above_the_tier_fails_the_case():
     assert compare({"tier": "soon"}, answer) == ["test ctpa at priority stat implies emergency, but the tier is soon"]
     answer["recommended_tests"][0]["priority"] = "routine"
     assert compare({"tier": "soon"}, answer) == []
+
+
+def test_a_repeated_key_in_a_blind_case_is_refused(tmp_path):
+    folder = tmp_path / BLIND_DIR
+    folder.mkdir(parents=True)
+    (folder / "x.yaml").write_text("cases:\n  - id: a\n    expect: {tier: soon, tier: emergency}\n")
+    with pytest.raises(ServiceError, match=r"(?s)cases/blind/x.yaml: not valid YAML.*duplicate key 'tier'"):
+        load_blind_cases(tmp_path)
