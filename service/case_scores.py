@@ -39,6 +39,10 @@ class ScoredCase:
     request: dict[str, Any]
     expect: dict[str, Any]
     unexpressible: tuple[str, ...] = ()
+    # Entries a reviewer moved out of `unexpressible` as not facts of the patient (teaching
+    # points, speculation), each with the reason in the case's review; counted so that the
+    # move is visible, never silent.
+    not_facts: int = 0
 
 
 @dataclass
@@ -60,6 +64,7 @@ class FolderScore:
     forbidden_given: list[str] = field(default_factory=list)  # "id: test"
     red_flag_misses: list[str] = field(default_factory=list)  # expected a flag, none raised
     unexpressible: int = 0
+    not_facts: int = 0
     by_expected_tier: dict[str, list[int]] = field(default_factory=dict)  # tier -> [exact, total]
 
     @property
@@ -88,7 +93,8 @@ class FolderScore:
             f"  required tests {self.rate(self.tests_required_given, self.tests_required)};"
             f" forbidden tests given {len(self.forbidden_given)};"
             f" expected red flag missing {len(self.red_flag_misses)}",
-            f"  unexpressible facts {self.unexpressible}",
+            f"  unexpressible facts {self.unexpressible}"
+            + (f" (and {self.not_facts} entries a reviewer ruled not facts of the patient)" if self.not_facts else ""),
         ]
 
 
@@ -118,7 +124,10 @@ def load_blind_cases(rules_dir: str | Path) -> list[ScoredCase]:
                 raise ServiceError(f"{rel}: case id {cid} is used twice")
             seen.add(cid)
             request = {"patient": item.get("patient") or {}, "findings": item.get("findings") or []}
-            out.append(ScoredCase(cid, rel, request, expect, tuple(item.get("unexpressible") or ())))
+            review = item.get("review") if isinstance(item.get("review"), dict) else {}
+            not_facts = review.get("not_facts") or []
+            out.append(ScoredCase(cid, rel, request, expect, tuple(item.get("unexpressible") or ()),
+                                  len(not_facts) if isinstance(not_facts, list) else 0))
     return out
 
 
@@ -127,6 +136,7 @@ def score_folder(evaluator: Evaluator, folder: str, cases: list[ScoredCase]) -> 
     for case in cases:
         s.total += 1
         s.unexpressible += len(case.unexpressible)
+        s.not_facts += case.not_facts
         try:
             answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, case.request))
         except ServiceError as exc:
