@@ -521,6 +521,17 @@ def build() -> list[Record]:
     r.add("medications", medication("7258", "Naproxen", authored=ago(days=40), also=(
         coding(FORMULARY, "NAP500", "Naproxen 500 mg tablet"),)))
     r.read.update(takes_fluoroquinolone=True, takes_nsaid=True, takes_oedema_causing_medicine=True)
+
+    # 37-38 CK against its 5-day window (rules/valuesets/laboratory.yaml): 6 days old (a normal
+    # result from before this episode) is not read, 4 days old is
+    r = rec("ck six days old", "male", "1966-06-06")
+    r.add("laboratory", lab("2157-6", "Creatine kinase [Enzymatic activity/volume] in Serum or Plasma", 120,
+                            "U/L", "U/L", ago(days=6), high=200))
+    r.not_read |= {"ck_times_uln"}
+    r = rec("ck four days old", "female", "1971-07-07")
+    r.add("laboratory", lab("2157-6", "Creatine kinase [Enzymatic activity/volume] in Serum or Plasma", 2400,
+                            "U/L", "U/L", ago(days=4), high=200))
+    r.read.update(ck_times_uln=12.0)
     return out
 
 
