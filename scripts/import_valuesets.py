@@ -7,6 +7,11 @@ github.com/cqframework/ecqm-content-r4 (VSAC expansions as FHIR ValueSet JSON un
 input/vocabulary/valueset/external/). Codes are copied as published: a filter only ever
 removes codes (by the published display), it never adds one. The commit of each checkout is
 written into every file it produced.
+
+Where no published value set exists for a class of medicines (NSAIDs), CLASS_PLAN builds one
+from a named classification: the RxNorm codes, in every value set of the checkouts, whose
+published display names a member of the class; each contributing value set is listed in the
+file. The member list is the classification's (a fact), never a guess at codes.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ PLAN: list[dict] = [
      "findings": {"pregnant_or_postpartum": "active"}},
     {"id": "venous-thrombosis", "oid": "2.16.840.1.113883.3.117.1.7.1.279", "resource": "Condition",
      "findings": {"previous_dvt": "any"}, "drop": r"(?i)pulmonary",
-     "filter_note": "pulmonary embolism codes are the value set pulmonary-embolism (venous 'embolism and thrombosis' of a limb stays here)"},
+     "filter_note": "pulmonary embolism codes are the value set pulmonary-embolism"
+                    " (venous 'embolism and thrombosis' of a limb stays here)"},
     {"id": "pulmonary-embolism", "oid": "2.16.840.1.113883.3.117.1.7.1.279", "resource": "Condition",
      "findings": {"previous_pe": "any"}, "keep": r"(?i)pulmonary",
      "filter_note": "only the pulmonary embolism codes of the VTE value set"},
@@ -93,7 +99,8 @@ PLAN: list[dict] = [
      "keep": r"(?i)amlodipine|nifedipine|felodipine|diltiazem|verapamil|nicardipine|isradipine|nisoldipine"
              r"|levamlodipine",
      "filter_note": "only the calcium-channel blockers of the antihypertensive value set (by ingredient)"},
-    {"id": "oestrogens-contraceptive", "oid": "2.16.840.1.113883.3.464.1003.196.12.1080", "resource": "MedicationRequest",
+    {"id": "oestrogens-contraceptive", "oid": "2.16.840.1.113883.3.464.1003.196.12.1080",
+     "resource": "MedicationRequest",
      "findings": {"oestrogen_therapy": "active"}, "keep": r"(?i)estradiol|estrogen|mestranol",
      "filter_note": "only oestrogen-containing contraceptives (progestogen-only methods dropped)"},
     {"id": "oestrogens-hrt", "oid": "2.16.840.1.113883.3.464.1003.1058", "resource": "MedicationRequest",
@@ -107,11 +114,37 @@ PLAN: list[dict] = [
      "findings": {"major_surgery_12w": "84d", "major_surgery_4w": "28d"}},
     {"id": "knee-replacement", "oid": "2.16.840.1.113883.3.117.1.7.1.261", "resource": "Procedure",
      "findings": {"major_surgery_12w": "84d", "major_surgery_4w": "28d"}},
+    # Fluoroquinolones: VSAC publishes no fluoroquinolone grouper in the eCQM content; the
+    # antibiotic value set of CMS154 lists every systemic fluoroquinolone product (oral and
+    # injection, no eye or ear drops: the MHRA/EMA tendon warnings are about systemic use).
+    {"id": "fluoroquinolones", "oid": "2.16.840.1.113883.3.464.1003.1190", "resource": "MedicationRequest",
+     "findings": {"takes_fluoroquinolone": "active"}, "keep": r"(?i)floxacin",
+     "filter_note": "only the fluoroquinolones (ATC J01MA) of the antibiotic value set, by ingredient"},
+]
+
+# Value sets built from a published classification where no published expansion exists: every
+# RxNorm code, in any value set of the checkouts, whose display names a member of the class.
+# The member list is the classification (a fact); the codes are copied as published.
+ATC_M01A = ("ibuprofen", "naproxen", "diclofenac", "aceclofenac", "indometacin", "indomethacin", "sulindac",
+            "tolmetin", "etodolac", "ketorolac", "nabumetone", "ketoprofen", "dexketoprofen", "flurbiprofen",
+            "fenoprofen", "oxaprozin", "tiaprofenic", "piroxicam", "meloxicam", "tenoxicam", "lornoxicam",
+            "mefenamic", "meclofenamic", "meclofenamate", "tolfenamic", "celecoxib", "etoricoxib", "rofecoxib",
+            "valdecoxib", "parecoxib", "nimesulide")
+CLASS_PLAN: list[dict] = [
+    {"id": "nsaids", "title": "Non-steroidal anti-inflammatory drugs (ATC M01A)", "resource": "MedicationRequest",
+     "findings": {"takes_nsaid": "active", "takes_oedema_causing_medicine": "active"},
+     "keep": r"(?i)\b(" + "|".join(ATC_M01A) + r")\b",
+     "source": {"kind": "classification", "name": "WHO ATC M01A (anti-inflammatory and antirheumatic products, "
+                "non-steroids)", "url": "https://www.whocc.no/atc_ddd_index/?code=M01A", "version": "ATC 2024"},
+     "filter_note": "no published NSAID value set: the RxNorm codes of the value sets below whose display names an "
+                    "ATC M01A ingredient (alone or in a combination). Ingredient codes (from US Core) are read too, "
+                    "so a topical NSAID coded only by its ingredient is read as one"},
 ]
 
 
 def _index(repo: Path) -> dict[str, tuple[str, dict]]:
     out: dict[str, tuple[str, dict]] = {}
+    composed: dict[str, tuple[str, dict]] = {}
     names = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "--name-only", "HEAD"], check=True,
                            capture_output=True, text=True).stdout.split()
     for name in names:
@@ -121,6 +154,13 @@ def _index(repo: Path) -> dict[str, tuple[str, dict]]:
                                         capture_output=True, text=True).stdout)
         if doc.get("expansion", {}).get("contains"):
             out.setdefault(doc["id"], (name, doc))
+        elif any(inc.get("concept") for inc in doc.get("compose", {}).get("include", [])):
+            composed.setdefault(doc["id"], (name, doc))
+    # A value set published as an enumerated compose (US Core's) reads as its expansion; an
+    # expansion of the same id always wins.
+    for vid, (name, doc) in composed.items():
+        contains = [{"system": inc["system"], **c} for inc in doc["compose"]["include"] for c in inc.get("concept", [])]
+        out.setdefault(vid, (name, {**doc, "expansion": {"contains": contains}}))
     return out
 
 
@@ -133,12 +173,11 @@ def main(repos: list[str]) -> None:
         remote = repo.parent.name.replace("+", "/")
         indexes.append((remote, commit, _index(repo)))
     for plan in PLAN:
-        for remote, commit, index in indexes:
-            if plan["oid"] in index:
-                path, doc = index[plan["oid"]]
-                break
-        else:
+        # the first checkout that holds the value set
+        found = next(((r, c, index[plan["oid"]]) for r, c, index in indexes if plan["oid"] in index), None)
+        if found is None:
             raise SystemExit(f"{plan['oid']} ({plan['id']}) is in none of the repositories")
+        remote, commit, (path, doc) = found
         codes: dict[str, list[str]] = {}
         for c in doc["expansion"]["contains"]:
             kind = SYSTEMS.get(c["system"])
@@ -172,6 +211,34 @@ def main(repos: list[str]) -> None:
             f"# Generated by scripts/import_valuesets.py from VSAC {plan['oid']}: edit the plan, not this file.\n"
             + text)
         print(plan["id"], {k: len(v) for k, v in codes.items()})
+    for plan in CLASS_PLAN:
+        _write_class(plan, indexes)
+
+
+def _write_class(plan: dict, indexes: list[tuple[str, str, dict[str, tuple[str, dict]]]]) -> None:
+    """A class value set: RxNorm codes of every value set whose display names a class member."""
+    codes: set[str] = set()
+    built_from: list[str] = []
+    seen: set[str] = set()
+    for remote, commit, index in indexes:
+        for vid, (path, doc) in sorted(index.items()):
+            if vid in seen:
+                continue  # the first checkout's copy of a value set, as for the VSAC plan
+            seen.add(vid)
+            hits = {c["code"] for c in doc["expansion"]["contains"]
+                    if SYSTEMS.get(c["system"]) == "rxnorm" and re.search(plan["keep"], c.get("display", ""))}
+            if hits:
+                codes |= hits
+                built_from.append(f"{doc.get('title') or doc.get('name')} {vid} version {doc.get('version')}"
+                                  f" ({len(hits)}): github.com/{remote} {path} @ {commit}")
+    body = {"id": plan["id"], "title": plan["title"], "resource": plan["resource"], "findings": plan["findings"],
+            "source": {**plan["source"], "built_from": built_from}, "version": plan["source"]["version"],
+            "filter": plan["filter_note"], "codes": {"rxnorm": sorted(codes)}}
+    text = yaml.safe_dump(body, sort_keys=False, width=120)
+    (OUT / f"{plan['id']}.yaml").write_text(
+        f"# Generated by scripts/import_valuesets.py from {plan['source']['name']}: edit the plan, not this file.\n"
+        + text)
+    print(plan["id"], {"rxnorm": len(codes)}, "from", len(built_from), "value sets")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ KIND = {
     "takes_statin": "medicine", "takes_diuretic_or_statin": "medicine", "takes_anticoagulant": "medicine",
     "takes_diuretic": "medicine", "takes_calcium_channel_blocker": "medicine",
     "takes_oedema_causing_medicine": "medicine", "oestrogen_therapy": "medicine",
+    "takes_nsaid": "medicine", "takes_fluoroquinolone": "medicine",
     "major_surgery_12w": "procedure", "major_surgery_4w": "procedure",
     "heart_rate": "vital sign", "respiratory_rate": "vital sign", "systolic_bp": "vital sign",
     "temperature": "vital sign", "oxygen_saturation": "vital sign",
@@ -127,7 +128,10 @@ def condition(*codings: dict[str, str], text: str, clinical: str | None = "activ
 
 
 def medication(rxcui: str, display: str, *, status: str = "active", authored: str | None = None,
-               validity_end: str | None = None, contained: bool = False) -> dict[str, Any]:
+               validity_end: str | None = None, contained: bool = False,
+               also: tuple[dict[str, str], ...] = ()) -> dict[str, Any]:
+    """A MedicationRequest coded with `rxcui`, then the codings in `also` (EHRs send several:
+    the product, its ingredient, their own formulary code)."""
     r: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-medicationrequest"]},
@@ -137,10 +141,10 @@ def medication(rxcui: str, display: str, *, status: str = "active", authored: st
     }
     if contained:
         r["contained"] = [{"resourceType": "Medication", "id": "med",
-                           "code": {"coding": [coding(RX, rxcui, display)], "text": display}}]
+                           "code": {"coding": [coding(RX, rxcui, display), *also], "text": display}}]
         r["medicationReference"] = {"reference": "#med"}
     else:
-        r["medicationCodeableConcept"] = {"coding": [coding(RX, rxcui, display)], "text": display}
+        r["medicationCodeableConcept"] = {"coding": [coding(RX, rxcui, display), *also], "text": display}
     if validity_end:
         r["dispenseRequest"] = {"validityPeriod": {"start": r["authoredOn"], "end": validity_end}}
     return r
@@ -247,6 +251,16 @@ AMLODIPINE = ("197361", "amlodipine 5 MG Oral Tablet")
 COC = ("1037183", "ethinyl estradiol 0.01 MG / norethindrone acetate 1 MG Oral Tablet")
 HRT = ("1000355", "estrogens, conjugated (USP) 0.625 MG / medroxyprogesterone acetate 2.5 MG Oral Tablet")
 PREDNISONE = ("312617", "predniSONE 5 MG Oral Tablet")
+# NSAIDs and fluoroquinolones: product codes from the VSAC value sets, ingredient codes from US
+# Core's substance value set (rules/valuesets/nsaids.yaml, fluoroquinolones.yaml).
+IBUPROFEN_IN = coding(RX, "5640", "Ibuprofen")
+FORMULARY = "https://ehr.example.org/fhir/CodeSystem/formulary"  # an EHR's own medicine codes
+HYDROCODONE_IBUPROFEN = ("858778", "hydrocodone bitartrate 5 MG / ibuprofen 200 MG Oral Tablet")
+AMLODIPINE_CELECOXIB = ("2047716", "amlodipine 5 MG / celecoxib 200 MG Oral Tablet")
+KETOROLAC_INJ = ("860096", "ketorolac tromethamine 30 MG/ML Injectable Solution")
+CIPROFLOXACIN = ("309309", "ciprofloxacin 500 MG Oral Tablet")
+LEVOFLOXACIN = ("199885", "levofloxacin 500 MG Oral Tablet")
+MOXIFLOXACIN = ("311787", "moxifloxacin 400 MG Oral Tablet")
 
 
 def build() -> list[Record]:
@@ -475,6 +489,49 @@ def build() -> list[Record]:
                   takes_diuretic_or_statin=True, takes_anticoagulant=True, heart_rate=104, former_smoker=True,
                   smoker=False, pain_calf=True)
     r.not_read |= {"active_cancer"}
+
+    # 33 ibuprofen as an EHR sends it: the ingredient, the EHR's formulary code and a text (no
+    # product code that the value set holds: the ingredient alone makes it an NSAID)
+    r = rec("ibuprofen several codings", "male", "1952-03-03")
+    r.add("conditions", condition(*CHF, text="Heart failure", recorded="2020-02-02"))
+    r.add("medications", medication("5640", "Ibuprofen", authored=ago(days=12), also=(
+        coding(FORMULARY, "IBU600", "Ibuprofen 600 mg tablet"),)))
+    r.read.update(known_heart_failure=True, takes_nsaid=True, takes_oedema_causing_medicine=True)
+
+    # 34 a stopped ciprofloxacin, an NSAID entered in error, an NSAID order cancelled
+    r = rec("stopped ciprofloxacin, nsaid entered in error", "female", "1949-09-09")
+    r.add("medications", medication(*CIPROFLOXACIN, status="stopped", authored=ago(days=20)))
+    r.add("medications", medication(*HYDROCODONE_IBUPROFEN, status="entered-in-error", authored=ago(days=3),
+                                    also=(IBUPROFEN_IN,)))
+    r.add("medications", medication("7258", "Naproxen", status="cancelled", authored=ago(days=3)))
+    r.not_read |= {"takes_fluoroquinolone", "takes_nsaid", "takes_oedema_causing_medicine"}
+
+    # 35 a current fluoroquinolone and an NSAID in a combination tablet that also holds a
+    # calcium-channel blocker (one code, three findings); a stale ketorolac order
+    r = rec("levofloxacin and amlodipine-celecoxib", "male", "1960-10-10")
+    r.add("medications", medication(*LEVOFLOXACIN, authored=ago(days=4), validity_end=day(days=-3)))
+    r.add("medications", medication(*AMLODIPINE_CELECOXIB, authored=ago(days=60), contained=True))
+    r.add("medications", medication(*KETOROLAC_INJ, authored="2021-03-03T10:00:00Z"))
+    r.read.update(takes_fluoroquinolone=True, takes_nsaid=True, takes_oedema_causing_medicine=True,
+                  takes_calcium_channel_blocker=True)
+
+    # 36 moxifloxacin sent with a contained Medication and a naproxen tablet coded by its ingredient
+    r = rec("moxifloxacin contained", "female", "1975-05-05")
+    r.add("medications", medication(*MOXIFLOXACIN, authored=ago(days=2), contained=True))
+    r.add("medications", medication("7258", "Naproxen", authored=ago(days=40), also=(
+        coding(FORMULARY, "NAP500", "Naproxen 500 mg tablet"),)))
+    r.read.update(takes_fluoroquinolone=True, takes_nsaid=True, takes_oedema_causing_medicine=True)
+
+    # 37-38 CK against its 5-day window (rules/valuesets/laboratory.yaml): 6 days old (a normal
+    # result from before this episode) is not read, 4 days old is
+    r = rec("ck six days old", "male", "1966-06-06")
+    r.add("laboratory", lab("2157-6", "Creatine kinase [Enzymatic activity/volume] in Serum or Plasma", 120,
+                            "U/L", "U/L", ago(days=6), high=200))
+    r.not_read |= {"ck_times_uln"}
+    r = rec("ck four days old", "female", "1971-07-07")
+    r.add("laboratory", lab("2157-6", "Creatine kinase [Enzymatic activity/volume] in Serum or Plasma", 2400,
+                            "U/L", "U/L", ago(days=4), high=200))
+    r.read.update(ck_times_uln=12.0)
     return out
 
 

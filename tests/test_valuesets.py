@@ -108,3 +108,21 @@ def test_a_code_in_no_value_set_is_still_unknown(client):
     resp = client.post("/v1/evaluations", json={"findings": [{"system": SNOMED, "code": "65966004"}]})
     assert resp.status_code == 422
     assert resp.get_json()["errors"][0]["reason"] == "unknown-code"
+
+
+def test_a_class_built_value_set_names_its_classification_and_every_value_set_it_took_codes_from():
+    """NSAIDs have no published value set: nsaids.yaml is built from ATC M01A over published
+    value sets, and says so (scripts/import_valuesets.py CLASS_PLAN)."""
+    nsaids = valuesets.load().sets["nsaids"]
+    assert nsaids.source["kind"] == "classification" and "M01A" in nsaids.source["name"]
+    assert nsaids.source["built_from"] and all("@" in b for b in nsaids.source["built_from"])
+    assert {"5640", "7258", "3355"} <= set(nsaids.codes["rxnorm"])  # ibuprofen, naproxen, diclofenac
+    assert nsaids.findings == {"takes_nsaid": "active", "takes_oedema_causing_medicine": "active"}
+
+
+def test_the_native_api_reads_an_nsaid_and_a_fluoroquinolone(client):
+    resp = client.post("/v1/evaluations", json={"patient": {"age": 70, "sex": "female"}, "findings": [
+        {"system": RXNORM, "code": "5640"}, {"system": RXNORM, "code": "309309"}]})
+    assert resp.status_code == 200, resp.get_json()
+    read = {c["code"]: c["finding"] for c in resp.get_json()["codings_read"]}
+    assert read == {"5640": "takes_nsaid", "309309": "takes_fluoroquinolone"}
