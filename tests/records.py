@@ -45,6 +45,7 @@ KIND = {
     "takes_nsaid": "medicine", "takes_fluoroquinolone": "medicine",
     "major_surgery_12w": "procedure", "major_surgery_4w": "procedure",
     "heart_rate": "vital sign", "respiratory_rate": "vital sign", "systolic_bp": "vital sign",
+    "diastolic_bp": "vital sign",
     "temperature": "vital sign", "oxygen_saturation": "vital sign",
     "ferritin_value": "laboratory", "ck_times_uln": "laboratory",
     "smoker": "smoking status", "former_smoker": "smoking status",
@@ -424,7 +425,8 @@ def build() -> list[Record]:
     r.add("vital-signs", vital("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry", 91, "%", "%",
                                ago(hours=2)))
     r.add("vital-signs", blood_pressure(96, 60, ago(hours=2)))
-    r.read.update(heart_rate=118, respiratory_rate=24, temperature=38.0, oxygen_saturation=91, systolic_bp=96)
+    r.read.update(heart_rate=118, respiratory_rate=24, temperature=38.0, oxygen_saturation=91, systolic_bp=96,
+                  diastolic_bp=60)  # the panel's diastolic component (LOINC 8462-4): a finding since 0.3.1
 
     # 26 vital signs two days old: not read
     r = rec("vitals stale")
