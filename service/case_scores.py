@@ -24,7 +24,7 @@ import yaml
 from service.errors import ServiceError
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
-from service.knowledge import TIER_RANK
+from service.knowledge import TIER_RANK, Test, tests_performed
 from service.loader import StrictLoader
 
 BLIND_DIR = "cases/blind"
@@ -142,11 +142,11 @@ def score_folder(evaluator: Evaluator, folder: str, cases: list[ScoredCase]) -> 
         except ServiceError as exc:
             s.invalid[case.id] = exc.detail
             continue
-        _score_one(s, case, answer)
+        _score_one(s, case, answer, evaluator.knowledge.tests)
     return s
 
 
-def _score_one(s: FolderScore, case: ScoredCase, answer: dict[str, Any]) -> None:
+def _score_one(s: FolderScore, case: ScoredCase, answer: dict[str, Any], evaluator_tests: dict[str, Test]) -> None:
     expect = case.expect
     want, got = expect["tier"], answer["urgency"]["tier"]
     diff = TIER_RANK[got] - TIER_RANK[want]
@@ -170,7 +170,8 @@ def _score_one(s: FolderScore, case: ScoredCase, answer: dict[str, Any]) -> None
     anywhere = list(top3) + list(expect.get("anywhere") or [])
     s.anywhere_expected += len(anywhere)
     s.anywhere_hits += sum(1 for c in anywhere if c in ranked)
-    tests = {t["test"] for t in answer["recommended_tests"]}
+    # A test that includes another (whole-spine MRI, lumbar MRI) answers for it too.
+    tests = tests_performed(evaluator_tests, {t["test"] for t in answer["recommended_tests"]})
     required = expect.get("tests_include") or []
     s.tests_required += len(required)
     s.tests_required_given += sum(1 for t in required if t in tests)

@@ -83,6 +83,9 @@ class Test:
     shows: str
     codes: tuple[Coding, ...] = ()
     not_indicated: str | None = None  # when a clinician would not order it
+    # Tests this one also performs (a whole-spine MRI images the lumbar spine): a case that asks
+    # for, or forbids, an included test is answered by this one too.
+    includes: tuple[str, ...] = ()
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -237,3 +240,13 @@ class Knowledge:
     def __post_init__(self) -> None:
         if not self.rules_by_id:
             object.__setattr__(self, "rules_by_id", {r.id: r for r in self.rules})
+
+
+def tests_performed(tests: dict[str, Test], recommended: set[str]) -> set[str]:
+    """The recommended tests with every test they include (one level: includes do not chain)."""
+    out = set(recommended)
+    for code in recommended:
+        test = tests.get(code)
+        if test is not None:
+            out.update(test.includes)
+    return out

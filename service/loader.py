@@ -448,8 +448,21 @@ def _load_tests(doc: Any, col: _Collector) -> dict[str, Test]:
             code, _str(item, "display", col, what) or code,
             _str(item, "shows", col, what) or "", _codings(item, col, what),
             _str(item, "not_indicated", col, what, required=False),
+            _includes(item, col, what),
         )
+    for code, test in out.items():
+        for inc in test.includes:
+            if inc not in out or inc == code:
+                col.add(f"test {code}: 'includes' names {inc!r}, not another declared test")
     return out
+
+
+def _includes(item: dict[str, Any], col: _Collector, what: str) -> tuple[str, ...]:
+    raw = item.get("includes", [])
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        col.add(f"{what}: 'includes' must be a list of test codes")
+        return ()
+    return tuple(raw)
 
 
 def _load_red_flags(doc: Any, sources: dict[str, Source], col: _Collector) -> dict[str, RedFlag]:

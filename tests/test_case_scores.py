@@ -52,9 +52,9 @@ def test_scoring_counts_exact_under_over_and_tests():
     s = FolderScore("x")
     expect = {"tier": "emergency", "top3": ["dvt"], "tests_include": ["d_dimer"], "tests_exclude": ["ctpa"],
               "red_flags_expected": True}
-    _score_one(s, ScoredCase("a", "f", {}, expect), _answer("urgent", ["a", "b", "c", "dvt"], ["ctpa"], []))
-    _score_one(s, ScoredCase("b", "f", {}, {"tier": "routine"}), _answer("soon", [], [], []))
-    _score_one(s, ScoredCase("c", "f", {}, {"tier": "soon", "top3": ["dvt"]}), _answer("soon", ["dvt"], [], []))
+    _score_one(s, ScoredCase("a", "f", {}, expect), _answer("urgent", ["a", "b", "c", "dvt"], ["ctpa"], []), {})
+    _score_one(s, ScoredCase("b", "f", {}, {"tier": "routine"}), _answer("soon", [], [], []), {})
+    _score_one(s, ScoredCase("c", "f", {}, {"tier": "soon", "top3": ["dvt"]}), _answer("soon", ["dvt"], [], []), {})
     s.total = 3
     assert (s.exact, s.within_one) == (1, 3)
     assert s.under_emergency == ["a"] and len(s.under) == 1 and len(s.over) == 1
@@ -62,6 +62,23 @@ def test_scoring_counts_exact_under_over_and_tests():
     assert (s.tests_required_given, s.tests_required) == (0, 1)
     assert s.forbidden_given == ["a: ctpa"] and s.red_flag_misses == ["a"]
     assert s.lines()[1].startswith("  tier exact 1/3 (33%)")
+
+
+def test_a_test_that_includes_another_answers_for_it(evaluator):
+    from service.case_scores import FolderScore, _score_one
+
+    tests = evaluator.knowledge.tests
+    assert "mri_lumbar_spine" in tests["mri_whole_spine"].includes
+    s = FolderScore("x")
+    required = {"tier": "urgent", "tests_include": ["mri_lumbar_spine"]}
+    _score_one(s, ScoredCase("a", "f", {}, required), _answer("urgent", [], ["mri_whole_spine"], []), tests)
+    forbidden = {"tier": "urgent", "tests_exclude": ["mri_lumbar_spine"]}
+    _score_one(s, ScoredCase("b", "f", {}, forbidden), _answer("urgent", [], ["mri_whole_spine"], []), tests)
+    # inclusion does not run backwards: a lumbar MRI is not a whole-spine MRI
+    whole = {"tier": "urgent", "tests_include": ["mri_whole_spine"]}
+    _score_one(s, ScoredCase("c", "f", {}, whole), _answer("urgent", [], ["mri_lumbar_spine"], []), tests)
+    assert (s.tests_required_given, s.tests_required) == (1, 2)
+    assert s.forbidden_given == ["b: mri_lumbar_spine"]
 
 
 def test_a_malformed_blind_file_names_itself(tmp_path):

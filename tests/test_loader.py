@@ -125,3 +125,11 @@ def test_sha256_changes_with_any_rule_edit(rules):
     add_rule(rules, GOOD_RULE)
     assert ruleset_sha256(rules) != before
     assert load_knowledge(rules).sha256 == ruleset_sha256(rules)
+
+
+def test_a_test_can_include_only_another_declared_test(rules):
+    path = rules / "tests.yaml"
+    path.write_text("tests:\n  - {code: test_x, display: Test X, shows: X, includes: [test_nope]}\n")
+    assert "test test_x: 'includes' names 'test_nope', not another declared test" in refused(rules)
+    path.write_text("tests:\n  - {code: test_x, display: Test X, shows: X, includes: [test_x]}\n")
+    assert "'includes' names 'test_x'" in refused(rules)
