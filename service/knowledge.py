@@ -52,6 +52,10 @@ class Finding:
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
     codes: tuple[Coding, ...] = ()
+    # Vocabulary 0.3.1: a bundled finding ("X or Y") kept as a deprecated alias of its atomic
+    # findings. It is set present when any of them is, denied when all are (service/aliases.py).
+    deprecated: bool = False
+    replaced_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,9 @@ class Knowledge:
     rules_by_id: dict[str, Rule] = field(default_factory=dict)
     # The rule set's folder: its valuesets/ say which recorded codes count as which finding.
     rules_dir: Path | None = None
+    # The vocabulary's own version (`version:` at the top of vocabulary.yaml): finding codes
+    # and their meaning change on their own schedule, apart from the rules.
+    vocabulary_version: str = ""
 
     def __post_init__(self) -> None:
         if not self.rules_by_id:
