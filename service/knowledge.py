@@ -29,6 +29,10 @@ class Coding:
     system: str
     code: str
     display: str | None = None
+    # The value set that reads records onto this finding lists only this concept's subtypes
+    # (VSAC expansions leave out a grouping concept such as "Diabetes mellitus"): lint then
+    # does not require the code itself in the value set.
+    valueset_parent: bool = False
 
 
 @dataclass(frozen=True)

@@ -309,7 +309,7 @@ def _codings(item: dict[str, Any], col: _Collector, what: str) -> tuple[Coding, 
         if not isinstance(c, dict) or not isinstance(c.get("system"), str) or c.get("code") in (None, ""):
             col.add(f"{what}: each code needs 'system' and 'code'")
             continue
-        out.append(Coding(c["system"], str(c["code"]), c.get("display")))
+        out.append(Coding(c["system"], str(c["code"]), c.get("display"), c.get("valueset_parent") is True))
     return tuple(out)
 
 
