@@ -851,6 +851,7 @@ def _check_scores(rules: list[Rule], ctx: _Catalogues, col: _Collector) -> None:
 _EXPECT_KEYS = {
     "tier", "top3", "tests_include", "tests_exclude", "not_indicated_include", "red_flags_include", "absent",
     "advice_include", "advice_exclude", "not_indicated_exclude", "rules_fired_include",
+    "deprecated_codes_used",  # vocabulary 0.3.1: the old bundled codes the case sends, exactly
 }
 
 
