@@ -10,6 +10,8 @@ an umbrella the rules keep matching, with OR semantics, computed here before the
 * any atom reported present -> the umbrella is present (whatever was sent for it: presence
   wins, as it does everywhere in the rules);
 * every atom reported absent -> the umbrella is absent;
+* every atom asked, some not known (present: null), none present -> the umbrella is not known
+  either (as if it had been asked and answered so);
 * otherwise the umbrella is what the request sent for it directly, or not known.
 
 Sending an old code directly still works; the answer lists it in `deprecated_codes_used` with
@@ -53,10 +55,14 @@ def expand(pairs: Umbrellas, enc: Encounter) -> Encounter:
                 behind[code] = present  # the atoms stand behind it in supporting findings
         elif sent is None and all(findings.get(a, {}).get("present") is False for a in atoms):
             findings = {**findings, code: {"present": False}}
+        elif sent is None and all(a in unknown or a in findings for a in atoms):
+            # Every atom asked, none present, some not known: the umbrella was asked and is not
+            # known either, so ask_next moves on to a rule's other alternatives.
+            unknown = unknown | {code}
         if code in unknown:
             # Asked as the old question and not known: its atoms are not known either.
             unknown = unknown | {a for a in atoms if a not in findings}
-    if findings is enc.findings and not used:
+    if findings is enc.findings and unknown is enc.unknown and not used:
         return enc
     return dataclasses.replace(enc, findings=findings, unknown=unknown,
                                deprecated_used=tuple(used), umbrella_atoms=behind)

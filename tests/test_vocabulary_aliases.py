@@ -162,6 +162,12 @@ def test_or_semantics_present_if_any_atom_denied_only_if_all(knowledge):
     assert one_present.findings["foot_ulcer_or_gangrene"] == {"present": True}
     assert one_present.umbrella_atoms == {"foot_ulcer_or_gangrene": ("foot_gangrene",)}
     assert one_present.deprecated_used == ()  # only atoms were sent
+    # Every atom asked, none present, one not known: the umbrella is not known either, so
+    # ask_next reads it as asked (a rule's other alternatives are asked next).
+    asked = aliases.expand(pairs, Encounter(age=70, sex="female", findings={"foot_ulcer": {"present": False}},
+                                            unknown=frozenset({"foot_gangrene"})))
+    assert "foot_ulcer_or_gangrene" not in asked.findings and "foot_ulcer_or_gangrene" in asked.unknown
+    assert asked.deprecated_used == ()
     # Presence wins over an old code sent as denied (as everywhere in the rules).
     clash = aliases.expand(pairs, encounter({"foot_ulcer_or_gangrene": False, "foot_ulcer": True}))
     assert clash.findings["foot_ulcer_or_gangrene"] == {"present": True}
