@@ -422,6 +422,11 @@ def guidance_response(answer: dict[str, Any], k: Knowledge, now: datetime | None
         {"name": "rulesFired", "valueString": ", ".join(f"{p['rule']} v{p['version']}" for p in answer["provenance"])
          or "none"},
         {"name": "ruleset", "valueString": f"{k.name} {k.version} sha256:{k.sha256}"},
+        {"name": "vocabularyVersion", "valueString": k.vocabulary_version},
+        *({"name": "deprecatedCode", "part": [
+            {"name": "code", "valueCode": d["code"]},
+            *({"name": "replacedBy", "valueCode": a} for a in d["replaced_by"])]}
+          for d in answer.get("deprecated_codes_used", [])),
         {"name": "disclaimer", "valueString": answer["disclaimer"]},
     ]}
     body: dict[str, Any] = {

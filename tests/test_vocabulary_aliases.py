@@ -323,3 +323,20 @@ def test_a_record_with_an_old_local_code_is_read_and_named_on_the_card(client, k
 def test_vocabulary_yaml_states_its_version_first():
     doc = yaml.safe_load((ROOT / "rules" / "vocabulary.yaml").read_text())
     assert next(iter(doc)) == "version" and doc["version"] == "0.3.1"
+
+
+def test_the_guidance_response_names_the_vocabulary_and_the_old_codes_used(client):
+    from fhir.resources.R4B.parameters import Parameters
+
+    body = {"patient": {"age": 58, "sex": "female"},
+            "findings": [{"code": "leg_paralysis_or_plaster"}, {"code": "leg_swelling_unilateral"}]}
+    resp = client.post("/v1/evaluations", json=body, headers={"Accept": "application/fhir+json"})
+    assert resp.status_code == 200
+    output = next(r for r in resp.get_json()["contained"] if r["resourceType"] == "Parameters")
+    Parameters.model_validate(output)
+    params = output["parameter"]
+    assert {"name": "vocabularyVersion", "valueString": "0.3.1"} in params
+    old = [p for p in params if p["name"] == "deprecatedCode"]
+    assert old == [{"name": "deprecatedCode", "part": [
+        {"name": "code", "valueCode": "leg_paralysis_or_plaster"},
+        {"name": "replacedBy", "valueCode": "leg_paralysis"}, {"name": "replacedBy", "valueCode": "leg_in_plaster"}]}]
