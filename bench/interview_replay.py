@@ -54,10 +54,16 @@ def replay(ev: Evaluator, case: Case, mode: str) -> dict[str, Any]:
     tiers: list[str] = []
     tier, questions = _tier(ev, body)
     start = tier
+    # A case written with an old bundled code (vocabulary 0.3.1) answers a question on one of
+    # its atoms with that code, as the nurse would have recorded it.
+    umbrella_of = {a: c for c in held if k.findings[c].deprecated for a in k.findings[c].replaced_by}
     while questions and len(tiers) < MAX_QUESTIONS:
         code = questions[0]["finding"]
+        sent = {f["code"] for f in body["findings"]}
         if code in held:
             body["findings"].append(held[code])
+        elif code in umbrella_of and umbrella_of[code] not in sent:
+            body["findings"].append(held[umbrella_of[code]])
         elif mode == "no" and k.findings[code].type == "boolean":
             body["findings"].append({"code": code, "present": False})
         else:

@@ -41,7 +41,7 @@ PLAN: list[dict] = [
      "findings": {"active_cancer": "active", "cancer_history": "any"},
      "filter_note": "an active Condition is read as active cancer; any documented one as a history of cancer"},
     {"id": "pregnancy", "oid": "2.16.840.1.113883.3.526.3.378", "resource": "Condition",
-     "findings": {"pregnant_or_postpartum": "active"}},
+     "findings": {"pregnant": "active"}},
     {"id": "venous-thrombosis", "oid": "2.16.840.1.113883.3.117.1.7.1.279", "resource": "Condition",
      "findings": {"previous_dvt": "any"}, "drop": r"(?i)pulmonary",
      "filter_note": "pulmonary embolism codes are the value set pulmonary-embolism"
@@ -52,9 +52,9 @@ PLAN: list[dict] = [
     {"id": "atrial-fibrillation", "oid": "2.16.840.1.113883.3.117.1.7.1.202", "resource": "Condition",
      "findings": {"atrial_fibrillation": "active"}},
     {"id": "myocardial-infarction", "oid": "2.16.840.1.113883.3.526.3.403", "resource": "Condition",
-     "findings": {"heart_attack_or_stroke": "any"}},
+     "findings": {"previous_heart_attack": "any"}},
     {"id": "ischemic-stroke", "oid": "2.16.840.1.113883.3.117.1.7.1.247", "resource": "Condition",
-     "findings": {"heart_attack_or_stroke": "any"}},
+     "findings": {"previous_stroke": "any"}},
     {"id": "hypercholesterolemia", "oid": "2.16.840.1.113762.1.4.1047.100", "resource": "Condition",
      "findings": {"high_cholesterol": "active"}},
     {"id": "peripheral-arterial-disease", "oid": "2.16.840.1.113762.1.4.1047.21", "resource": "Condition",
@@ -64,7 +64,7 @@ PLAN: list[dict] = [
     {"id": "obesity", "oid": "2.16.840.1.113762.1.4.1248.162", "resource": "Condition",
      "findings": {"obesity": "active"}},
     {"id": "osteoporosis", "oid": "2.16.840.1.113883.3.464.1003.113.12.1038", "resource": "Condition",
-     "findings": {"osteoporosis_or_long_term_steroids": "active"}},
+     "findings": {"osteoporosis": "active"}},
     # smoking status: the answer (valueCodeableConcept) of an Observation coded LOINC 72166-2
     {"id": "smoking-current", "oid": "2.16.840.1.113762.1.4.1248.220", "resource": "Observation",
      "observation_code": "72166-2", "findings": {"smoker": "present", "former_smoker": "absent"},
@@ -81,7 +81,7 @@ PLAN: list[dict] = [
      "filter_note": "non-smokers (a current non-smoker whose past is unknown is not read as never having smoked)"},
     # medicines: read from active MedicationRequests
     {"id": "statins", "oid": "2.16.840.1.113762.1.4.1110.19", "resource": "MedicationRequest",
-     "findings": {"takes_statin": "active", "takes_diuretic_or_statin": "active"}},
+     "findings": {"takes_statin": "active"}},
     {"id": "anticoagulants", "oid": "2.16.840.1.113762.1.4.1248.22", "resource": "MedicationRequest",
      "findings": {"takes_anticoagulant": "active"}},
     {"id": "warfarin", "oid": "2.16.840.1.113883.3.117.1.7.1.232", "resource": "MedicationRequest",
@@ -93,7 +93,7 @@ PLAN: list[dict] = [
     {"id": "oral-factor-xa-inhibitors", "oid": "2.16.840.1.113883.3.117.1.7.1.134", "resource": "MedicationRequest",
      "findings": {"takes_anticoagulant": "active"}},
     {"id": "diuretics", "oid": "2.16.840.1.113762.1.4.1248.170", "resource": "MedicationRequest",
-     "findings": {"takes_diuretic": "active", "takes_diuretic_or_statin": "active"}},
+     "findings": {"takes_diuretic": "active"}},
     {"id": "calcium-channel-blockers", "oid": "2.16.840.1.113883.3.526.1577", "resource": "MedicationRequest",
      "findings": {"takes_calcium_channel_blocker": "active", "takes_oedema_causing_medicine": "active"},
      "keep": r"(?i)amlodipine|nifedipine|felodipine|diltiazem|verapamil|nicardipine|isradipine|nisoldipine"
@@ -106,7 +106,7 @@ PLAN: list[dict] = [
     {"id": "oestrogens-hrt", "oid": "2.16.840.1.113883.3.464.1003.1058", "resource": "MedicationRequest",
      "findings": {"oestrogen_therapy": "active"}},
     {"id": "oral-glucocorticoids", "oid": "2.16.840.1.113883.3.464.1003.196.12.1266", "resource": "MedicationRequest",
-     "findings": {"osteoporosis_or_long_term_steroids": "long_term", "takes_oedema_causing_medicine": "active"}},
+     "findings": {"long_term_oral_steroids": "long_term", "takes_oedema_causing_medicine": "active"}},
     # procedures: read from completed Procedures within the finding's window
     {"id": "general-surgery", "oid": "2.16.840.1.113883.3.117.1.7.1.255", "resource": "Procedure",
      "findings": {"major_surgery_12w": "84d", "major_surgery_4w": "28d"}},

@@ -70,7 +70,9 @@ def _catalogues(k: Knowledge) -> dict[str, bytes]:
     if cache is None:
         from service.catalogue import catalogue_items
 
-        cache = {name: orjson.dumps({"items": items}) for name, items in catalogue_items(k).items()}
+        version = {"findings": {"version": k.vocabulary_version}}  # the vocabulary has its own version
+        cache = {name: orjson.dumps({**version.get(name, {}), "items": items})
+                 for name, items in catalogue_items(k).items()}
         current_app.extensions["catalogues"] = cache
     return cache
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from service import aliases
 from service.engine import EngineResult, Fact, compare, leaf_matches
 from service.knowledge import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
 
@@ -83,6 +84,7 @@ class QuestionRanker:
         # the facts it derives lead to): how much a question could still change the tier.
         self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
         self.plans = [_Plan(rule) for rule in k.rules]
+        self.umbrellas = aliases.umbrellas(k)  # deprecated bundled findings: asked as their atoms
         self.derivers = [p for p in self.plans if p.rule.then.derive]
         # Per current tier: only the rules that could add credit, with their impact at hand.
         self.candidates: dict[str, list[tuple[_Plan, float, float]]] = {
@@ -144,6 +146,7 @@ class QuestionRanker:
                 reach[code] = max(reach.get(code, 0), top)
 
         credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
+        aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
         findings = [c for c in credit if c in self.k.findings]
         limit = enc.ask_next_limit
         urgency_slots = URGENCY_SLOTS if limit is None else limit

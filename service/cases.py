@@ -71,6 +71,10 @@ def compare(expect: dict[str, Any], answer: dict[str, Any]) -> list[str]:
     for r in expect.get("rules_fired_include", []):
         if r not in fired:
             failures.append(f"rule {r} did not fire")
+    if "deprecated_codes_used" in expect:
+        sent = sorted(d["code"] for d in answer["deprecated_codes_used"])
+        if sent != sorted(expect["deprecated_codes_used"]):
+            failures.append(f"deprecated codes used {sent}, expected {sorted(expect['deprecated_codes_used'])}")
     advice = {a["code"] for a in answer["advice"]}
     for a in expect.get("advice_include", []):
         if a not in advice:

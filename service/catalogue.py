@@ -77,6 +77,9 @@ def catalogue_items(k: Knowledge) -> dict[str, list[dict[str, Any]]]:
             item["range"] = list(f.range)
         if f.choices:
             item["choices"] = list(f.choices)
+        if f.deprecated:
+            item["deprecated"] = True
+            item["replaced_by"] = list(f.replaced_by)
         findings.append(item)
     return {
         "findings": findings,

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import aliases
 from service.ask_next import QuestionRanker
 from service.engine import Engine, EngineResult, Fact, Firing, MatchedFact
 from service.knowledge import PRIORITY_RANK, TIER_RANK, Knowledge, Rule
@@ -36,6 +37,10 @@ class Encounter:
     # Coded findings of the native API: which finding each {system, code} was read as. Not part
     # of the encounter's identity: the same findings however they were coded.
     codings_read: tuple[dict[str, str], ...] = field(default=(), compare=False)
+    # Set by service/aliases.py: the deprecated codes sent ({code, replaced_by}), and for an
+    # umbrella set from its atoms, those atoms (they, not the old code, are what was reported).
+    deprecated_used: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    umbrella_atoms: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     def facts(self) -> list[Fact]:
         out: list[Fact] = []
@@ -54,8 +59,11 @@ class Evaluator:
         self.knowledge = knowledge
         self.engine = engine or Engine(knowledge)
         self.ranker = QuestionRanker(knowledge)
+        self.umbrellas = aliases.umbrellas(knowledge)
 
     def evaluate(self, encounter: Encounter) -> dict[str, Any]:
+        # Deprecated bundled findings are set from their atoms before the rules see anything.
+        encounter = aliases.expand(self.umbrellas, encounter)
         facts = encounter.facts()
         result = self.engine.evaluate(facts)
         return _Assembler(self.knowledge, encounter, facts, result, self.ranker).answer()
@@ -83,7 +91,7 @@ class _Assembler:
         out: set[str] = set()
         for m in matched:
             if m.kind == "finding":
-                out.add(m.key)
+                out.update(self.enc.umbrella_atoms.get(m.key, (m.key,)))
             elif m.kind == "fact":
                 out.update(self.behind.get(m.key, set()))
         return out
@@ -92,9 +100,12 @@ class _Assembler:
         tier, reasons = self._tier()
         body: dict[str, Any] = {
             "evaluation_id": str(uuid.uuid4()),
-            "ruleset": {"name": self.k.name, "version": self.k.version, "sha256": self.k.sha256},
+            "ruleset": {"name": self.k.name, "version": self.k.version, "sha256": self.k.sha256,
+                        "vocabulary_version": self.k.vocabulary_version},
             "urgency": {"tier": tier, "reasons": reasons},
             "warnings": self._warnings(),
+            # Old bundled codes this request sent, with the atomic findings that replace them.
+            "deprecated_codes_used": list(self.enc.deprecated_used),
             "red_flags": self._red_flags(),
             "differential": self._differential(),
             **self._tests(),

@@ -280,6 +280,10 @@ def provenance_extension(answer: dict[str, Any], mapped: Mapped) -> dict[str, An
         "findingsUsed": [{"finding": u["finding"], "present": u["present"], "resource": u["resource"]}
                          for u in mapped.used],
         "recordsMatchedNotUsed": len(mapped.ignored),
+        # A record coded with an old bundled local code (urn:legpain-cds:finding|...) still
+        # counts; the card says which, and what replaces it (vocabulary 0.3.1).
+        "deprecatedCodesUsed": [{"code": d["code"], "replacedBy": d["replaced_by"]}
+                                for d in answer.get("deprecated_codes_used", [])],
     }}
 
 
@@ -337,7 +341,8 @@ def questions_card(answer: dict[str, Any], k: Knowledge, mapped: Mapped,
                    not_read: list[tuple[str, str]]) -> dict[str, Any]:
     """Leg pain in the record but too little for a tier: the red-flag questions to ask."""
     known = set(mapped.encounter.findings)
-    questions = [f.question for f in k.findings.values() if f.topic == "red_flags" and f.code not in known]
+    questions = [f.question for f in k.findings.values()
+                 if f.topic == "red_flags" and f.code not in known and not f.deprecated]
     lines = ["**Not enough data for a triage tier.** The record has a leg-pain complaint; ask about the red "
              "flags below, then enter the answers.", "", "**Red-flag questions**"]
     lines += [f"- {_md(q)}" for q in questions]
@@ -417,6 +422,11 @@ def guidance_response(answer: dict[str, Any], k: Knowledge, now: datetime | None
         {"name": "rulesFired", "valueString": ", ".join(f"{p['rule']} v{p['version']}" for p in answer["provenance"])
          or "none"},
         {"name": "ruleset", "valueString": f"{k.name} {k.version} sha256:{k.sha256}"},
+        {"name": "vocabularyVersion", "valueString": k.vocabulary_version},
+        *({"name": "deprecatedCode", "part": [
+            {"name": "code", "valueCode": d["code"]},
+            *({"name": "replacedBy", "valueCode": a} for a in d["replaced_by"])]}
+          for d in answer.get("deprecated_codes_used", [])),
         {"name": "disclaimer", "valueString": answer["disclaimer"]},
     ]}
     body: dict[str, Any] = {

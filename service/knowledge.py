@@ -29,6 +29,10 @@ class Coding:
     system: str
     code: str
     display: str | None = None
+    # The value set that reads records onto this finding lists only this concept's subtypes
+    # (VSAC expansions leave out a grouping concept such as "Diabetes mellitus"): lint then
+    # does not require the code itself in the value set.
+    valueset_parent: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class Finding:
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] = ()
     codes: tuple[Coding, ...] = ()
+    # Vocabulary 0.3.1: a bundled finding ("X or Y") kept as a deprecated alias of its atomic
+    # findings. It is set present when any of them is, denied when all are (service/aliases.py).
+    deprecated: bool = False
+    replaced_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,9 @@ class Knowledge:
     rules_by_id: dict[str, Rule] = field(default_factory=dict)
     # The rule set's folder: its valuesets/ say which recorded codes count as which finding.
     rules_dir: Path | None = None
+    # The vocabulary's own version (`version:` at the top of vocabulary.yaml): finding codes
+    # and their meaning change on their own schedule, apart from the rules.
+    vocabulary_version: str = ""
 
     def __post_init__(self) -> None:
         if not self.rules_by_id:

@@ -11,6 +11,10 @@ Errors:
   folder is absent the check is skipped, and a warning says so);
 - a clinical case that fails, including one whose answer recommends a test at a priority its
   tier does not reach (stat needs emergency, urgent or asap needs urgent: service/cases.py);
+- a finding's codes: SNOMED CT (Verhoeff check digit) for a yes/no or choice finding, LOINC
+  (mod-10 check digit) for a measurement, none on a deprecated alias; and where a value set reads
+  records onto the finding, its SNOMED CT / LOINC code must be one that value set holds (a code
+  the records would never carry is a code that means something else);
 - a red flag that no self-check case (`self_check: true`) expects in `red_flags_include`, or an
   emergency rule (`tier: emergency`, or raising an emergency red flag) that no self-check case
   expects in `rules_fired_include`: the start-up self-check must exercise every emergency path
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from service.cases import run_cases
 from service.evaluation import Evaluator
@@ -41,6 +46,8 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
     _sources(k, sources_dir, errors, warnings)
 
     used_findings = {leaf.key for r in k.rules for leaf in _all_leaves(r) if leaf.kind == "finding"}
+    # An atomic finding is used where the rules match the deprecated umbrella it sets.
+    used_findings |= {a for c in used_findings if c in k.findings for a in k.findings[c].replaced_by}
     used_facts = {leaf.key for r in k.rules for leaf in r.when.positive_leaves() if leaf.kind == "fact"}
     warnings += [f"finding {c} is used by no rule" for c in k.findings if c not in used_findings]
     warnings += [f"derived fact {n} is matched by no rule" for n in k.derived if n not in used_facts]
@@ -68,6 +75,49 @@ def _value_sets(k: Knowledge, errors: list[str]) -> None:
         errors.append(f"value sets: {exc}")
         return
     errors.extend(valuesets.lint(vsets, set(k.findings)))
+    errors.extend(finding_codes(k, vsets))
+
+
+def finding_codes(k: Knowledge, vsets: Any) -> list[str]:
+    """The vocabulary's own codes: syntax, kind, and agreement with the value sets."""
+    from service.valuesets import LOINC, SNOMED, loinc_ok, snomed_ok
+
+    problems: list[str] = []
+    snomed_read: dict[str, set[str]] = {}  # finding -> SNOMED CT codes its value sets hold
+    loinc_read: dict[str, set[str]] = {}  # finding -> LOINC codes its measurement lists hold
+    for vs in vsets.sets.values():
+        for finding, how in vs.findings.items():
+            if how != "absent" and vs.codes.get("snomed"):
+                snomed_read.setdefault(finding, set()).update(vs.codes["snomed"])
+            if finding in k.findings and k.findings[finding].deprecated:
+                problems.append(f"{vs.path}: reads records onto {finding}, a deprecated alias; name its atomic "
+                                f"finding ({', '.join(k.findings[finding].replaced_by)})")
+        for m in vs.measurements:
+            loinc_read.setdefault(m.finding, set()).add(m.loinc)
+    for f in k.findings.values():
+        what = f"vocabulary.yaml: finding {f.code}"
+        if f.deprecated and f.codes:
+            problems.append(f"{what}: a deprecated alias carries no codes (a record cannot say 'X or Y')")
+        for c in f.codes:
+            if c.system == SNOMED:
+                if not snomed_ok(c.code):
+                    problems.append(f"{what}: SNOMED CT code {c.code!r} fails its check digit or partition")
+                elif f.type == "number":
+                    problems.append(f"{what}: a measurement is coded in LOINC, not SNOMED CT ({c.code})")
+                elif f.code in snomed_read and c.code not in snomed_read[f.code] and not c.valueset_parent:
+                    problems.append(f"{what}: SNOMED CT code {c.code} is in none of the value sets that read "
+                                    f"records onto it")
+            elif c.system == LOINC:
+                if not loinc_ok(c.code):
+                    problems.append(f"{what}: LOINC code {c.code!r} fails its check digit")
+                elif f.type != "number":
+                    problems.append(f"{what}: LOINC codes a measurement; a yes/no finding takes SNOMED CT")
+                elif f.code in loinc_read and c.code not in loinc_read[f.code]:
+                    problems.append(f"{what}: LOINC code {c.code} is not the one its measurement list reads "
+                                    f"({', '.join(sorted(loinc_read[f.code]))})")
+            else:
+                problems.append(f"{what}: code system {c.system} is neither SNOMED CT nor LOINC")
+    return problems
 
 
 def emergency_rules(k: Knowledge) -> list[Rule]:

@@ -115,6 +115,7 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
     sources = _guarded(col.at("sources.yaml"), {}, _load_sources, docs["sources.yaml"])
     findings, derived, scores = _guarded(
         col.at("vocabulary.yaml"), ({}, {}, {}), _load_vocabulary, docs["vocabulary.yaml"], sources)
+    vocabulary_version = _guarded(col.at("vocabulary.yaml"), "", _vocabulary_version, docs["vocabulary.yaml"])
     conditions = _guarded(col.at("conditions.yaml"), {}, _load_conditions, docs["conditions.yaml"])
     tests = _guarded(col.at("tests.yaml"), {}, _load_tests, docs["tests.yaml"])
     red_flags = _guarded(col.at("red_flags.yaml"), {}, _load_red_flags, docs["red_flags.yaml"], sources)
@@ -189,6 +190,7 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
         cases=tuple(cases),
         readiness_case=readiness or (case_ids[0] if case_ids else None),
         rules_dir=rules_dir,
+        vocabulary_version=vocabulary_version,
     )
 
 
@@ -307,7 +309,7 @@ def _codings(item: dict[str, Any], col: _Collector, what: str) -> tuple[Coding, 
         if not isinstance(c, dict) or not isinstance(c.get("system"), str) or c.get("code") in (None, ""):
             col.add(f"{what}: each code needs 'system' and 'code'")
             continue
-        out.append(Coding(c["system"], str(c["code"]), c.get("display")))
+        out.append(Coding(c["system"], str(c["code"]), c.get("display"), c.get("valueset_parent") is True))
     return tuple(out)
 
 
@@ -399,7 +401,12 @@ def _load_vocabulary(doc: Any, sources: dict[str, Source], col: _Collector):  # 
             range=rng,
             choices=choices,
             codes=_codings(item, col, what),
+            deprecated=item.get("deprecated") is True,
+            replaced_by=tuple(item.get("replaced_by") or ()),
         )
+        if ("deprecated" in item) != ("replaced_by" in item) or item.get("deprecated") not in (None, True):
+            col.add(f"{what}: a deprecated finding has 'deprecated: true' and 'replaced_by' (its atomic findings)")
+    _check_aliases(findings, col)
     derived: dict[str, Derived] = {}
     seen_d: set[str] = set()
     for item in _items(doc, "derived", col) if doc and "derived" in doc else []:
@@ -416,6 +423,37 @@ def _load_vocabulary(doc: Any, sources: dict[str, Source], col: _Collector):  # 
                 _source_refs(item, sources, col, f"score {sid}"),
             )
     return findings, derived, scores
+
+
+VOCABULARY_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+
+
+def _vocabulary_version(doc: Any, col: _Collector) -> str:
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if not isinstance(version, str) or not VOCABULARY_VERSION_RE.fullmatch(version):
+        col.add("'version' (the vocabulary's own version, e.g. \"0.3.1\") must be a quoted MAJOR.MINOR.PATCH string")
+        return ""
+    return version
+
+
+def _check_aliases(findings: dict[str, Finding], col: _Collector) -> None:
+    """A deprecated finding is an umbrella over two or more atomic boolean findings: its
+    replacements must exist, be booleans like it, and not be deprecated themselves (an alias
+    of an alias would make the OR semantics depend on the order of expansion)."""
+    for f in findings.values():
+        if not f.deprecated:
+            continue
+        what = f"finding {f.code}"
+        if f.type != "boolean":
+            col.add(f"{what}: only a yes/no finding can be a deprecated alias")
+        if len(f.replaced_by) < 2 or len(set(f.replaced_by)) != len(f.replaced_by):
+            col.add(f"{what}: replaced_by must list two or more distinct findings")
+        for code in f.replaced_by:
+            atom = findings.get(code) if isinstance(code, str) else None
+            if atom is None:
+                col.add(f"{what}: replaced_by names {code!r}, which is not a finding")
+            elif atom.deprecated or atom.type != "boolean":
+                col.add(f"{what}: replaced_by {code} must be a yes/no finding that is not deprecated")
 
 
 def _load_conditions(doc: Any, col: _Collector) -> dict[str, Condition]:
@@ -826,6 +864,7 @@ def _check_scores(rules: list[Rule], ctx: _Catalogues, col: _Collector) -> None:
 _EXPECT_KEYS = {
     "tier", "top3", "tests_include", "tests_exclude", "not_indicated_include", "red_flags_include", "absent",
     "advice_include", "advice_exclude", "not_indicated_exclude", "rules_fired_include",
+    "deprecated_codes_used",  # vocabulary 0.3.1: the old bundled codes the case sends, exactly
 }
 
 

@@ -64,6 +64,7 @@ def build_spec() -> dict[str, Any]:
         ("EvaluationResponse", schemas.EvaluationResponseSchema),
         ("Problem", schemas.ProblemSchema),
         ("Items", schemas.ItemsSchema),
+        ("FindingsCatalogue", schemas.FindingsCatalogueSchema),
         ("Health", schemas.HealthSchema),
     ]:
         spec.components.schema(name, schema=schema)
@@ -94,8 +95,11 @@ def build_spec() -> dict[str, Any]:
         ("red_flags", "Red flags and the tier each forces"),
         ("advice", "Self-care advice and the highest tier it may be given at"),
     ]:
+        responses = _items(what)
+        if name == "findings":
+            responses["200"]["content"]["application/json"]["schema"] = "FindingsCatalogue"
         spec.path(path=f"/v1/{name}", operations={"get": {
-            "operationId": f"list_{name}", "summary": what, "responses": _items(what)}})
+            "operationId": f"list_{name}", "summary": what, "responses": responses}})
     spec.path(path="/v1/rules/{rule_id}", operations={"get": {
         "operationId": "getRule",
         "summary": "One rule",
@@ -130,7 +134,10 @@ def build_spec() -> dict[str, Any]:
         "operationId": "openapi", "summary": "This document",
         "responses": {"200": {"description": "OpenAPI 3 document",
                               "content": {"application/json": {"schema": {"type": "object"}}}}}}})
-    return spec.to_dict()
+    out = spec.to_dict()
+    # The vocabulary (finding codes and their meaning) is versioned apart from the rules.
+    out["info"]["x-vocabulary-version"] = response_example["ruleset"]["vocabulary_version"]
+    return out
 
 
 def committed_spec_json() -> bytes:

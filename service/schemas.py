@@ -10,8 +10,11 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from service.knowledge import EVIDENCE_LEVELS, PRIORITIES, SEXES, TIERS
 
-MAX_FINDINGS = 200
-MAX_ASK_NEXT = 200  # every finding of the vocabulary fits (about 150 at 0.3.0)
+# Every finding of the vocabulary must fit in one request (the full form sends them all) and in
+# one ask_next list: 326 at vocabulary 0.3.1; tests/test_api.py fails when the vocabulary
+# outgrows these bounds.
+MAX_FINDINGS = 400
+MAX_ASK_NEXT = 400
 LATERALITIES = ("left", "right", "bilateral")
 
 
@@ -158,6 +161,8 @@ class RulesetInfoSchema(Schema):
     name = fields.String(required=True)
     version = fields.String(required=True)
     sha256 = fields.String(required=True, metadata={"description": "SHA-256 of the loaded rule files"})
+    vocabulary_version = fields.String(metadata={
+        "description": "The vocabulary's own version (rules/vocabulary.yaml; GET /v1/findings)", "example": "0.3.1"})
 
 
 class ReasonSchema(Schema):
@@ -306,6 +311,17 @@ class CodingReadSchema(Schema):
     display = fields.String(required=True)
 
 
+class DeprecatedCodeSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "pregnant_or_postpartum"})
+    replaced_by = fields.List(fields.String(), required=True, metadata={"example": ["pregnant", "postpartum_6w"]})
+
+
+class FindingsCatalogueSchema(Schema):
+    version = fields.String(required=True, metadata={"description": "The vocabulary's version", "example": "0.3.1"})
+    items = fields.List(fields.Dict(), required=True, metadata={
+        "description": "Findings; a deprecated one has deprecated: true and replaced_by (its atomic findings)"})
+
+
 class EvaluationResponseSchema(Schema):
     evaluation_id = fields.UUID(required=True)
     encounter_id = fields.String()
@@ -329,6 +345,12 @@ class EvaluationResponseSchema(Schema):
         metadata={"description": "Only when findings were sent as codings ({system, code}): the finding each "
                                  "was read as. Any code of a value set (rules/valuesets: SNOMED CT, ICD-10-CM "
                                  "by prefix, LOINC, RxNorm) names that value set's finding"},
+    )
+    deprecated_codes_used = fields.List(
+        fields.Nested(DeprecatedCodeSchema), required=True,
+        metadata={"description": "Deprecated finding codes this request sent (bundled findings split in "
+                                 "vocabulary 0.3.1), each with the atomic findings that replace it; they still "
+                                 "work, with 'at least one of' meaning. Empty when none was sent"},
     )
     ask_next = fields.List(fields.Nested(AskNextSchema), required=True)
     advice = fields.List(fields.Nested(AdviceOutSchema), required=True)

@@ -111,7 +111,7 @@ def test_body_over_the_limit_is_413(mini_app):
         ({"patient": {"age": 300}, "findings": []}, "/patient/age", "schema"),
         ({"patient": {"sex": "f"}, "findings": []}, "/patient/sex", "schema"),
         ({}, "/findings", "schema"),
-        ({"findings": [{"code": "a"}] * 201}, "/findings", "too-many"),
+        ({"findings": [{"code": "a"}] * 401}, "/findings", "too-many"),
         ([], "", "type"),
     ],
 )
@@ -295,3 +295,10 @@ def test_the_range_of_a_unitless_measurement_reads_without_the_unit_1(client, kn
     lo, hi = knowledge.findings[code].range
     error = only_error(client.post("/v1/evaluations", json={"findings": [{"code": code, "value": hi + 10}]}))
     assert error["detail"] == f"{code} must be between {lo:g} and {hi:g}; got {hi + 10:g}."
+
+
+def test_every_finding_of_the_vocabulary_fits_in_one_request_and_one_ask_next(knowledge):
+    from service.schemas import MAX_ASK_NEXT, MAX_FINDINGS
+
+    assert len(knowledge.findings) <= MAX_FINDINGS
+    assert len(knowledge.findings) <= MAX_ASK_NEXT

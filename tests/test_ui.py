@@ -63,6 +63,9 @@ def parse(client) -> tuple[Page, str]:
 def test_every_finding_is_asked_with_its_question(client, knowledge):
     _, html = parse(client)
     for f in knowledge.findings.values():
+        if f.deprecated:  # vocabulary 0.3.1: an old bundled code is asked as its atomic findings
+            assert f'id="q-{f.code}"' not in html
+            continue
         assert f'id="q-{f.code}"' in html
         assert f.question.replace("'", "&#39;").replace('"', "&#34;") in html or f.question in html
 
