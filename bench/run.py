@@ -1,7 +1,8 @@
 """The performance harness: every figure in one run, so that ratios hold on a noisy machine.
 
-    .venv/bin/python bench/run.py [--duration 10] [--soak 100000] [--engine-soak 100000]
+    .venv/bin/python bench/run.py [--duration 5] [--rounds 3] [--soak 100000] [--engine-soak 100000]
                                   [--configs nginx-sync,nginx-gthread,gthread,sync] [--quick]
+                                  [--no-http | --http-only]
 
 1. In-process latency (p50 / p99, ms) for small (<=5), typical (20) and large (60) encounters on
    the real rule set, timed interleaved: `engine` (the adapter), `engine-before` (the adapter as
@@ -11,7 +12,8 @@
 2. Growth with the number of rules: synthetic rule sets of 1x, 2x and 4x the real one (every
    rule copied under a new id), typical encounter, with each factor's ratio to 1x.
 3. Engine soak: `--engine-soak` evaluations through one engine state, RSS before and after.
-4. HTTP under real gunicorn with the deploy config, for each worker set-up of `--configs`
+4. HTTP under real gunicorn with the deploy config, for each worker set-up of `--configs`, all
+   started at once and measured in interleaved rounds (each round gives its own ratios)
    (`sync` / `gthread` straight at gunicorn; `nginx-sync` / `nginx-gthread` through the nginx
    sidecar of deploy/nginx/nginx.conf): wrk at 16 and 64 connections against
    `GET /healthz/live`, `POST /v1/evaluations` (the clinical cases in rotation, ages varied, so
@@ -286,78 +288,127 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         proc.kill()
 
 
-def http_config(config: str, duration: int, soak: int, workers: int | None, bodies: list[bytes]) -> dict[str, Any]:
-    """One worker set-up: health, evaluations and the precomputed ceiling at 16 and 64
-    connections, back to back in the same server."""
+class Stack:
+    """One worker set-up, running: gunicorn (the ceiling app) and, for nginx-*, the sidecar."""
+
+    def __init__(self, config: str, workers: int | None, tmp: Path) -> None:
+        self.config = config
+        self.worker_class = config.removeprefix("nginx-")
+        self.proxied = config.startswith("nginx-")
+        self.nginx: subprocess.Popen[bytes] | None = None
+        port = free_port()
+        self.proc, startup = start_server(port, workers, CDS_WORKER_CLASS=self.worker_class)
+        self.startup_s = round(startup, 3)
+        front = port
+        if self.proxied:
+            found = nginx_binary()
+            if found is None:
+                self.close()
+                raise SystemExit("nginx is not installed (scripts/setup-system.sh); leave out the nginx-* configs")
+            (tmp / config).mkdir()
+            self.nginx, front = start_nginx(found, tmp / config, port)
+        self.base = f"http://127.0.0.1:{front}"
+
+    def close(self) -> None:
+        if self.nginx is not None:
+            stop(self.nginx, signal.SIGQUIT)
+        stop(self.proc)
+
+
+ENDPOINTS = ("health", "evaluations", "precomputed")
+
+
+def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """wrk runs of one endpoint pooled: throughput over all of them, worst latency and errors."""
+    seconds = sum(r["seconds"] for r in runs)
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "rps": round(sum(r["requests"] for r in runs) / seconds, 1) if seconds else 0.0,
+        "p50_ms": round(sorted(r["p50_ms"] for r in runs)[len(runs) // 2], 2),
+        "p99_ms": max(r["p99_ms"] for r in runs),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "socket_errors": sum(r["socket_errors"] for r in runs),
+    }
+
+
+def http(configs: list[str], duration: int, rounds: int, soak: int, workers: int | None) -> list[dict[str, Any]]:
+    """Every set-up started at once; then, round after round, each set-up in turn gets health,
+    evaluations and precomputed at 16 and 64 connections. Noise from the rest of the machine
+    falls on every set-up alike, and each round gives its own ratios (reported as a range)."""
     binary = ensure_wrk()
-    proxied = config.startswith("nginx-")
-    worker_class = config.removeprefix("nginx-")
-    port = free_port()
-    proc, startup = start_server(port, workers, CDS_WORKER_CLASS=worker_class)
-    result: dict[str, Any] = {"config": config, "worker_class": worker_class, "nginx": proxied,
-                              "startup_to_ready_s": round(startup, 3)}
-    nginx: subprocess.Popen[bytes] | None = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            if proxied:
-                found = nginx_binary()
-                if found is None:
-                    return {**result, "skipped": "nginx is not installed (scripts/setup-system.sh)"}
-                nginx, front = start_nginx(found, Path(tmp), port)
-            else:
-                front = port
-            base = f"http://127.0.0.1:{front}"
-            script = lua_script(bodies, Path(tmp), "/v1/evaluations")
-            ceiling = lua_script(bodies, Path(tmp), "/bench/precomputed")
-            wrk(binary, base + "/healthz/live", 16, 2, None)  # warm up every path
-            wrk(binary, base + "/v1/evaluations", 16, 2, script)
-            wrk(binary, base + "/bench/precomputed", 16, 2, ceiling)
-            pids = worker_pids(proc.pid)
-            result["workers"] = len(pids)
-            rss_before = {pid: rss_kib(pid) for pid in pids}
-            runs = []
-            for connections in (16, 64):
-                health = wrk(binary, base + "/healthz/live", connections, duration, None)
-                evals = wrk(binary, base + "/v1/evaluations", connections, duration, script)
-                pre = wrk(binary, base + "/bench/precomputed", connections, duration, ceiling)
-                runs.append({
-                    "connections": connections, "health": health, "evaluations": evals, "precomputed": pre,
-                    "ratio_eval_to_health": round(evals["rps"] / health["rps"], 3) if health["rps"] else None,
-                    "ratio_precomputed_to_health": round(pre["rps"] / health["rps"], 3) if health["rps"] else None,
-                })
-            result["runs"] = runs
-            if soak:
-                rps = max(r["evaluations"]["rps"] for r in runs) or 100.0
-                sent = 0
-                soak_runs = []
-                while sent < soak:  # wrk runs for a time: repeat until the count is reached
-                    seconds = max(2, int((soak - sent) / rps) + 1)
-                    run = wrk(binary, base + "/v1/evaluations", 16, seconds, script)
-                    soak_runs.append(run)
-                    sent += run["requests"]
-                rss_after = {pid: rss_kib(pid) for pid in worker_pids(proc.pid)}
-                result["soak"] = {
-                    "evaluations": sent,
-                    "non_2xx": sum(r["non_2xx"] for r in soak_runs),
-                    "socket_errors": sum(r["socket_errors"] for r in soak_runs),
-                    "rss_kib": {
-                        str(pid): {"before": rss_before.get(pid), "after": rss_after.get(pid),
-                                   "growth_pct": round(100 * (rss_after[pid] - rss_before[pid]) / rss_before[pid], 2)
-                                   if pid in rss_before and pid in rss_after else None}
-                        for pid in sorted(set(rss_before) | set(rss_after))
-                    },
-                }
-    finally:
-        if nginx is not None:
-            stop(nginx, signal.SIGQUIT)
-        stop(proc)
-    return result
-
-
-def http(configs: list[str], duration: int, soak: int, workers: int | None) -> list[dict[str, Any]]:
     k = load_knowledge(DEFAULT_RULES_DIR)
     bodies, _ = latency.build_inputs(k, 2000, offset=50_000, target=20)
-    return [http_config(c, duration, soak if i == 0 else 0, workers, bodies) for i, c in enumerate(configs)]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        scripts = {"evaluations": lua_script(bodies, tmp, "/v1/evaluations"),
+                   "precomputed": lua_script(bodies, tmp, "/bench/precomputed"), "health": None}
+        paths = {"health": "/healthz/live", "evaluations": "/v1/evaluations", "precomputed": "/bench/precomputed"}
+        stacks: list[Stack] = []
+        try:
+            for c in configs:
+                stacks.append(Stack(c, workers, tmp))
+            rss_before: dict[int, int] = {}
+            for st in stacks:
+                for e in ENDPOINTS:  # warm up every path
+                    wrk(binary, st.base + paths[e], 16, 2, scripts[e])
+            for pid in worker_pids(stacks[0].proc.pid):
+                rss_before[pid] = rss_kib(pid)
+            raw: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for _ in range(rounds):
+                for connections in (16, 64):
+                    for st in stacks:
+                        got = {e: wrk(binary, st.base + paths[e], connections, duration, scripts[e]) for e in ENDPOINTS}
+                        raw.setdefault((st.config, connections), []).append(got)
+            results = []
+            for st in stacks:
+                runs = []
+                for connections in (16, 64):
+                    rr = raw[(st.config, connections)]
+                    pooled = {e: _pool([r[e] for r in rr]) for e in ENDPOINTS}
+                    per_round = {
+                        f"ratio_{e}_to_health": sorted(round(r[e]["rps"] / r["health"]["rps"], 3) for r in rr)
+                        for e in ("evaluations", "precomputed")
+                    }
+                    runs.append({
+                        "connections": connections, **pooled, "rounds": per_round,
+                        "ratio_eval_to_health": round(pooled["evaluations"]["rps"] / pooled["health"]["rps"], 3),
+                        "ratio_precomputed_to_health": round(
+                            pooled["precomputed"]["rps"] / pooled["health"]["rps"], 3),
+                    })
+                results.append({"config": st.config, "worker_class": st.worker_class, "nginx": st.proxied,
+                                "workers": len(worker_pids(st.proc.pid)), "startup_to_ready_s": st.startup_s,
+                                "seconds_per_run": duration, "rounds": rounds, "runs": runs})
+            if soak:
+                results[0]["soak"] = http_soak(binary, stacks[0], scripts["evaluations"], soak, rss_before,
+                                               max(r["evaluations"]["rps"] for r in results[0]["runs"]))
+            return results
+        finally:
+            for st in stacks:
+                st.close()
+
+
+def http_soak(binary: str, st: Stack, script: Path | None, soak: int, rss_before: dict[int, int],
+              rps: float) -> dict[str, Any]:
+    sent = 0
+    soak_runs = []
+    rps = rps or 100.0
+    while sent < soak:  # wrk runs for a time: repeat until the count is reached
+        seconds = max(2, int((soak - sent) / rps) + 1)
+        run = wrk(binary, st.base + "/v1/evaluations", 16, seconds, script)
+        soak_runs.append(run)
+        sent += run["requests"]
+    rss_after = {pid: rss_kib(pid) for pid in worker_pids(st.proc.pid)}
+    return {
+        "evaluations": sent,
+        "non_2xx": sum(r["non_2xx"] for r in soak_runs),
+        "socket_errors": sum(r["socket_errors"] for r in soak_runs),
+        "rss_kib": {
+            str(pid): {"before": rss_before.get(pid), "after": rss_after.get(pid),
+                       "growth_pct": round(100 * (rss_after[pid] - rss_before[pid]) / rss_before[pid], 2)
+                       if pid in rss_before and pid in rss_after else None}
+            for pid in sorted(set(rss_before) | set(rss_after))
+        },
+    }
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -368,6 +419,12 @@ def _ratio(a: float, b: float) -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    if "in_process" in report:
+        print_in_process(report)
+    print_http(report)
+
+
+def print_in_process(report: dict[str, Any]) -> None:
     ip = report["in_process"]
     print(f"\nIn-process (rule set {report['ruleset']['version']}, {ip['rules']} rules), p50 / p99 ms:")
     print(f"{'encounter':<10} {'findings':>8} " + " ".join(f"{m:>17}" for m in MODES))
@@ -385,23 +442,30 @@ def print_report(report: dict[str, Any]) -> None:
     if soak:
         print(f"\nEngine soak: {soak['evaluations']} evaluations in {soak['seconds']} s through one state, RSS "
               f"{soak['rss_kib_before']} -> {soak['rss_kib_after']} KiB ({soak['growth_pct']}%)")
-    for h in report.get("http", []):
-        if "skipped" in h:
-            print(f"\nHTTP {h['config']}: skipped ({h['skipped']})")
-            continue
-        print(f"\nHTTP {h['config']}: gunicorn {h['worker_class']} x{h['workers']}"
-              f"{' behind nginx' if h['nginx'] else ''}, wrk -t2, start-up to ready {h['startup_to_ready_s']} s:")
-        print(f"{'conns':>5} {'endpoint':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8}")
+
+
+def print_http(report: dict[str, Any]) -> None:
+    hs = report.get("http", [])
+    if not hs:
+        return
+    print(f"\nHTTP, wrk -t2, {hs[0]['rounds']} interleaved rounds of {hs[0]['seconds_per_run']} s per endpoint "
+          "(ratios: pooled, and [lowest .. highest] round):")
+    print(f"{'set-up':<14} {'conns':>5} {'health/s':>9} {'evals/s':>8} {'eval p50/p99 ms':>16} {'errors':>6} "
+          f"{'evals/health':>22} {'precomputed/health':>24}")
+    for h in hs:
+        label = f"{h['config']} x{h['workers']}"
         for run in h["runs"]:
-            for name in ("health", "evaluations", "precomputed"):
-                r = run[name]
-                print(f"{run['connections']:>5} {name:<12} {r['rps']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                      f"{r['non_2xx']:>8} {r['socket_errors']:>8}")
-            print(f"{'':>5} ratio to health: evaluations {run['ratio_eval_to_health']}, "
-                  f"precomputed {run['ratio_precomputed_to_health']}")
+            ev = run["evaluations"]
+            errors = sum(run[e]["non_2xx"] + run[e]["socket_errors"] for e in ENDPOINTS)
+            er, pr = run["rounds"]["ratio_evaluations_to_health"], run["rounds"]["ratio_precomputed_to_health"]
+            print(f"{label:<14} {run['connections']:>5} {run['health']['rps']:>9.0f} {ev['rps']:>8.0f} "
+                  f"{ev['p50_ms']:>7.1f}/{ev['p99_ms']:<8.1f} {errors:>6} "
+                  f"{run['ratio_eval_to_health']:>6.3f} [{er[0]:.2f} .. {er[-1]:.2f}]     "
+                  f"{run['ratio_precomputed_to_health']:>6.3f} [{pr[0]:.2f} .. {pr[-1]:.2f}]")
         if "soak" in h:
             s = h["soak"]
-            print(f"  soak: {s['evaluations']} evaluations, non-2xx {s['non_2xx']}, socket errors {s['socket_errors']}")
+            print(f"  soak ({h['config']}): {s['evaluations']} evaluations, non-2xx {s['non_2xx']}, "
+                  f"socket errors {s['socket_errors']}")
             for pid, m in s["rss_kib"].items():
                 print(f"    worker {pid}: RSS {m['before']} -> {m['after']} KiB ({m['growth_pct']}%)")
 
@@ -409,18 +473,20 @@ def print_report(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="in-process evaluations per group (default 2000)")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved HTTP rounds (default 3)")
     parser.add_argument("--soak", type=int, default=100_000, help="HTTP evaluations in the soak (0: none)")
     parser.add_argument("--engine-soak", type=int, default=100_000, help="in-process soak evaluations (0: none)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="worker set-ups, the deployed one first (default %(default)s)")
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: the deploy config's)")
     parser.add_argument("--no-http", action="store_true", help="in-process figures only")
+    parser.add_argument("--http-only", action="store_true", help="HTTP figures only (e.g. to repeat them)")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--out", help="JSON output (default bench/results/run-<timestamp>.json)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.duration, args.soak, args.engine_soak = 300, 3, 2000, 5000
+        args.n, args.duration, args.rounds, args.soak, args.engine_soak = 300, 2, 1, 2000, 5000
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -431,20 +497,21 @@ def main(argv: list[str] | None = None) -> int:
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": latency.machine_info(),
         "ruleset": {"name": k.name, "version": k.version, "sha256": k.sha256, "rules": len(k.rules)},
-        "in_process": in_process(DEFAULT_RULES_DIR, args.n, SIZES),
-        "scaling": [],
     }
+    if not args.http_only:
+        report["in_process"] = in_process(DEFAULT_RULES_DIR, args.n, SIZES)
+        report["scaling"] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for factor in (1, 2, 4):
+        for factor in (() if args.http_only else (1, 2, 4)):
             rules = scaled_rules(factor, Path(tmp) / f"x{factor}")
             r = in_process(rules, args.n, {"typical": 20}, ("engine", "no-ask-next", "evaluate"))
             report["scaling"].append({"factor": factor, "rules": r["rules"], **{
                 m: {key: r["groups"]["typical"][m][key] for key in ("p50_ms", "p99_ms")}
                 for m in ("engine", "no-ask-next", "evaluate")}})
-    if args.engine_soak:
+    if args.engine_soak and not args.http_only:
         report["engine_soak"] = engine_soak(args.engine_soak)
     if not args.no_http:
-        report["http"] = http(configs, args.duration, args.soak, args.workers)
+        report["http"] = http(configs, args.duration, args.rounds, args.soak, args.workers)
     print_report(report)
     stamp = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}"
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"run-{stamp}.json"
