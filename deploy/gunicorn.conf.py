@@ -6,7 +6,7 @@ CPU-bound and serialised per process by the engine lock, so the threads add litt
 but they keep a worker answering while some of its connections are slow: with 6 clients
 dribbling their bodies, sync workers (3) answered 0% of health probes, gthread 88% at 2.4 ms.
 Behind nginx (which reads every request completely first) sync workers would be safe, and were
-measured again (issue 18): gthread still carried about 1.5x their evaluations per second (likely
+measured again (issue 18): gthread still carried 1.5-1.7x their evaluations per second (likely
 because sync workers close every connection, so nginx opens one per request), so it stays.
 One process per core plus one. The rule set is compiled once in the master (preload) and
 shared copy-on-write with the workers; each worker's engine state is its own.
