@@ -1,12 +1,15 @@
 """gunicorn configuration used by `python -m service serve` (and the container).
 
-Worker model, chosen by measurement (bench/slow_clients.py, README "Performance"): gthread,
-4 threads per worker. Evaluation is CPU-bound and serialised per process by the engine lock,
-so the threads add little throughput, but they keep a worker answering while some of its
-connections are slow: with 6 clients dribbling their bodies, sync workers (3) answered 0% of
-health probes, gthread 88% at 2.4 ms, with no loss of evaluation throughput in the same run.
+Worker model, chosen by measurement (bench/slow_clients.py, bench/run.py, README "Performance"):
+gthread, 4 threads per worker, with or without the nginx sidecar in front. Evaluation is
+CPU-bound and serialised per process by the engine lock, so the threads add little throughput,
+but they keep a worker answering while some of its connections are slow: with 6 clients
+dribbling their bodies, sync workers (3) answered 0% of health probes, gthread 88% at 2.4 ms.
+Behind nginx (which reads every request completely first) sync workers would be safe, and were
+measured again (issue 18): gthread still carried 1.5-1.7x their evaluations per second (likely
+because sync workers close every connection, so nginx opens one per request), so it stays.
 One process per core plus one. The rule set is compiled once in the master (preload) and
-shared copy-on-write with the workers.
+shared copy-on-write with the workers; each worker's engine state is its own.
 """
 
 import atexit
@@ -57,7 +60,7 @@ timeout = int(os.environ.get("CDS_WORKER_TIMEOUT", "30"))
 drain_seconds = float(os.environ.get("CDS_DRAIN_SECONDS", "0"))
 graceful_timeout = max(int(os.environ.get("CDS_GRACEFUL_TIMEOUT", "20")), int(drain_seconds) + 5)
 keepalive = 5
-max_requests = 0  # memory is flat (every engine session is deleted); no recycling needed
+max_requests = 0  # memory is flat (one engine state, its facts retracted after each evaluation): no recycling
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190

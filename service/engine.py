@@ -3,15 +3,17 @@
 This is the only module that imports durable-rules, so every hazard of using it per request
 (shared/notes/durable-rules.md, numbered H1..H12 below) is handled here and nowhere else:
 
-H1  delete_state on a session where no action ran crashes the process: a sentinel rule,
-    matched by a private start fact, makes an action run in every session.
-H2  the stock Host starts timer threads that run actions outside the request: `_QuietHost`
-    overrides `_run` so that none start.
+H1  delete_state on a session where no action ran crashes the process: each Engine has one
+    state, made by a private start fact whose sentinel rule fires; only a state whose sentinel
+    ran is ever deleted.
+H2  the stock Host starts timer threads that run actions outside the request: the Host (and
+    the rest of durable's Python layer) is not used; the adapter drives the C engine
+    (`durable_rules_engine`) itself, so no thread is ever started.
 H3  an identical fact asserted twice, a fact no rule handles (an unknown code, or a value
     that fails every rule's test), or an empty batch fails the whole batch (or the process):
     facts are de-duplicated by content id, a "sink" rule joins every fact with a fact that
-    never exists (so each one is handled and none fires it), and a batch always holds the
-    start fact.
+    never exists (so each one is handled and none fires it), and an empty batch is never
+    sent.
 H4  fact identity is a 32-bit hash: every fact carries an `id` computed from a SHA-256 of
     its full canonical content.
 H5  negation is order dependent: `none` is never compiled into the engine; the action checks
@@ -21,8 +23,8 @@ H6  `any` fires once per matching alternative: a rule's conclusions are recorded
     evaluation (later firings only add the facts they matched).
 H7  a rule with only negative tests loops: the loader requires a positive test, and every
     compiled pattern starts with a type test.
-H8  >1024 live sessions corrupt the engine: one evaluation at a time per process (H11) and
-    the session is deleted in `finally`, so at most one session is ever live.
+H8  >1024 live sessions corrupt the engine: one state per Engine, reused by every evaluation
+    (its facts are retracted afterwards); on a failure it is deleted and made again.
 H9  exponent floats are rejected, strings are coerced against numbers, huge facts are dropped:
     numbers are normalised to plain decimals, values and choices live in separate typed
     fields, and facts are small and checked.
@@ -32,9 +34,13 @@ H10 exceptions inside actions are swallowed, and engine messages carry the whole
 H11 the C engine has no locking: one process-wide lock around each evaluation.
 H12 Python 3.13 removed `PyEval_CallObject`, which its C code calls: scripts/setup.sh and
     deploy/Containerfile build it there with `-DPyEval_CallObject=PyObject_CallObject` on CC.
-    From Python 3.12 its engine calls the deprecated `datetime.utcfromtimestamp` in every
-    action: pytest ignores exactly that DeprecationWarning from `durable.engine` (pyproject.toml),
-    since under `-W error` it would turn every action into an engine error.
+    From Python 3.12 durable's Python layer calls the deprecated `datetime.utcfromtimestamp`
+    in every action; the adapter no longer goes through that layer, so no evaluation warns.
+    pytest still ignores exactly that DeprecationWarning from `durable.engine` (pyproject.toml)
+    for the tests that show the raw engine's hazards through durable's own Host.
+
+Only findings that some positive rule leaf can match are asserted (`Engine.relevant`); the
+others could only reach the sink rule. Each fact's JSON is written once (`fact_json`).
 
 Chaining runs in rounds driven from here: the rules' actions record what they derive; the
 adapter then asserts the new derived facts as the next batch, until nothing new is derived.
@@ -45,10 +51,10 @@ inside this module's error handling.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import math
 import threading
@@ -56,7 +62,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable import engine as _dr
+import durable_rules_engine as _dre  # durable-rules' C engine (H2: its Python `Host` is not used)
+import orjson
 
 from service.errors import EngineError
 from service.knowledge import Group, Knowledge, Leaf, Rule
@@ -114,20 +121,13 @@ class EngineResult:
     rounds: int
 
 
-class _QuietHost(_dr.Host):
-    """H2: no dispatch or timer threads; everything runs inside `assert_facts`."""
-
-    def _run(self) -> None:
-        return None
-
-
 @dataclass
 class _Session:
     """What the actions of one evaluation record. Looked up by the session id."""
 
     input_findings: Mapping[str, Fact]
     patient: Fact | None
-    started: bool = False
+    matched: dict[str, MatchedFact] = field(default_factory=dict)  # content id -> as reported
     fired: dict[str, dict[str, Any]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -187,6 +187,43 @@ def _fact_payload(fact: Fact) -> dict[str, Any]:
     if len(body) > MAX_FACT_PROPERTIES:
         raise EngineError("a fact has too many properties")
     return body
+
+
+SID = "w"  # the one engine state of each Engine (its ruleset is its own, so one name serves all)
+_START_BATCH = json.dumps([{"t": T_START, "id": "start", "sid": SID}])
+
+
+# (content id, the fact's JSON for the engine, how a firing reports it)
+Prepared = tuple[str, str, MatchedFact]
+
+
+@functools.lru_cache(maxsize=8192)
+def fact_json(fact: Fact) -> Prepared:
+    """Everything the adapter sends or reads back about one fact, written once per distinct
+    fact. The standard library writes the numbers, as durable's own layer did:
+    `normalise_number` has already made them plain decimals that the engine reads (H9)."""
+    body = fact_payload(fact)
+    body["sid"] = SID
+    return body["id"], json.dumps(body, ensure_ascii=False), _matched_of(body)
+
+
+def _matched_of(node: Mapping[str, Any]) -> MatchedFact:
+    kind = _TAG_KIND.get(node["t"], "")
+    if kind == "finding":
+        return MatchedFact("finding", node["code"], node.get("present"), node.get("value"), node.get("choice"))
+    if kind == "patient":
+        return MatchedFact("patient", "patient", None, node.get("age"), node.get("sex"))
+    if kind == "fact":
+        return MatchedFact("fact", node["name"])
+    if kind == "score":
+        return MatchedFact("score", node["sid_"], None, node.get("value"))
+    return MatchedFact(str(node["t"]), "")  # no rule tests an unknown type: never reported
+
+
+def clear_fact_caches() -> None:
+    """Forget memoised payloads (tests that patch how payloads are built)."""
+    _fact_payload.cache_clear()
+    fact_json.cache_clear()
 
 
 # --- compilation -----------------------------------------------------------------------------
@@ -316,17 +353,97 @@ def compare(a: float, op: str | None, b: Any) -> bool:
 # --- the engine ------------------------------------------------------------------------------
 
 
+class _Rules:
+    """One compiled ruleset in the C engine, driven through its C API (`durable_rules_engine`).
+
+    durable's Python layer (`Host`, `Closure`, `Promise`, json.dumps of every batch) cost about
+    as much as the engine itself per evaluation, and its `Host` starts the timer threads of H2;
+    none of it is used. Every call that can fail goes through `_call`, which maps any failure
+    to `EngineError` with a fixed message (H10: the C layer's messages may quote facts)."""
+
+    def __init__(self, name: str, definition_json: str) -> None:
+        self.name = name
+        self.handle = _call(_dre.create_ruleset, name, definition_json)
+
+    def assert_facts(self, batch_json: str, expect: int | None = None) -> int:
+        return self._state_offset(_call(_dre.assert_facts, self.handle, batch_json), "asserted", expect)
+
+    def retract_facts(self, batch_json: str, expect: int) -> int:
+        return self._state_offset(_call(_dre.retract_facts, self.handle, batch_json), "retracted", expect)
+
+    @staticmethod
+    def _state_offset(result: tuple[int, int], what: str, expect: int | None) -> int:
+        code, offset = result
+        if code != 0:  # 1 not handled, 2 already observed, 3 deferred (H3): the batch had no effect
+            raise EngineError(f"the rules engine refused the facts {what} (code {code})")
+        # Our one state never moves. Measured: a batch whose facts the engine misreads (H9, an
+        # exponent number) returns "OK" with an uninitialised offset, and using it crashes the
+        # process; a batch with the start fact hid that before. Refuse any other offset.
+        if expect is not None and offset != expect:
+            raise EngineError(f"the rules engine {what} the facts into an unknown state")
+        return offset
+
+    def run_actions(self, offset: int, actions: Mapping[str, Callable[[Any], None]]) -> int:
+        """Run every action the state has pending, in the engine's order; return how many ran.
+        Each action's message is {rule name: what it matched}; the engine's state fact is not
+        read or written back (no action changes it)."""
+        ran = 0
+        started = _call(_dre.start_action_for_state, self.handle, offset)
+        if started is None:
+            return 0
+        messages = started[1]
+        while messages is not None:
+            ran += 1
+            for rule_name, message in orjson.loads(messages).items():
+                action = actions.get(rule_name)
+                if action is None:  # cannot happen with our own definition; refuse to guess
+                    _call(_dre.abandon_action, self.handle, offset)
+                    raise EngineError("the rules engine fired an unknown rule")
+                action(message)
+            messages = _call(_dre.complete_and_start_action, self.handle, offset)
+        return ran
+
+    def pending(self, offset: int) -> bool:
+        """Whether the state has an action waiting (it is abandoned, not run)."""
+        if _call(_dre.start_action_for_state, self.handle, offset) is None:
+            return False
+        _call(_dre.abandon_action, self.handle, offset)
+        return True
+
+    def delete_state(self) -> None:
+        _call(_dre.delete_state, self.handle, SID)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except EngineError:
+        raise
+    except Exception as exc:  # H10: never the engine's message, which can hold the batch
+        raise EngineError(f"the rules engine failed ({exc.__class__.__name__})") from None
+
+
 class Engine:
-    """Compiled once per process (before gunicorn forks); `evaluate` is called per request."""
+    """Compiled once per process (before gunicorn forks); `evaluate` is called per request.
+
+    One engine state (session id `SID`) is reused by every evaluation in this process: it is
+    created on first use by the start fact, whose sentinel action makes deleting it safe (H1);
+    each evaluation asserts its facts into it and retracts all of them afterwards, so that the
+    state is back to holding only the start fact. Creating a state per request cost ~2 MB of
+    malloc and memset each time. On any failure the state is deleted and made again on the
+    next evaluation (tests/test_engine_reuse.py replays long shuffled sequences through one
+    state against a fresh engine per evaluation, which must give the same answers)."""
 
     def __init__(self, knowledge: Knowledge) -> None:
         self._knowledge = knowledge
         self._rules = {r.id: r for r in knowledge.rules}
         self._score_rules = [r for r in knowledge.rules if r.then.score]
-        self._sessions: dict[str, _Session] = {}
-        self._name = f"legpain_{next(_counter)}"
+        self._session: _Session | None = None
+        self._state_ready = False
+        self._offset = -1  # the state's place in the engine, known once it is made
+        self._actions: dict[str, Callable[[Any], None]] = {_SENTINEL: self._sentinel, _SINK: self._sentinel}
         definition: dict[str, Any] = {
-            _SENTINEL: {"all": [{"m": {"t": T_START}}], "run": self._sentinel},
+            _SENTINEL: {"all": [{"m": {"t": T_START}}]},
             # H3: every fact passes this rule's first pattern, so the engine counts it as
             # handled; the second pattern never matches, so the rule never fires.
             _SINK: {
@@ -334,35 +451,47 @@ class Engine:
                     {"m": {"$or": [{"t": tag} for tag in _TAG_KIND]}},
                     {"n": {"t": T_NEVER}},
                 ],
-                "run": self._sentinel,
             },
         }
         for n, rule in enumerate(knowledge.rules):
-            compiled = compile_rule(rule)
-            compiled["run"] = self._action(rule)
-            definition[f"r{n}"] = compiled
+            definition[f"r{n}"] = compile_rule(rule)
+            self._actions[f"r{n}"] = self._action(rule)
         self._rule_names = {f"r{n}": r.id for n, r in enumerate(knowledge.rules)}
-        self._host = _QuietHost()
+        # Findings no positive leaf can match are not asserted: they could only reach the sink
+        # rule. `none` is checked against the whole input (session.input_findings), not these.
+        self._leaves: dict[str, list[Leaf]] = {}
+        self._patient_rules = False
+        for rule in knowledge.rules:
+            for leaf in rule.when.positive_leaves():
+                if leaf.kind == "finding":
+                    self._leaves.setdefault(leaf.key, []).append(leaf)
+                elif leaf.kind == "patient":
+                    self._patient_rules = True
+        self._relevant: dict[Fact, bool] = {}
+        self._definition_json = json.dumps(definition, ensure_ascii=False)
         try:
-            self._host.register_rulesets({self._name: definition})
-        except Exception as exc:  # the engine's message is opaque; name what was refused
-            raise EngineError(f"the rules engine refused the compiled rule set: {exc.__class__.__name__}") from None
+            self._engine = _Rules(f"legpain_{next(_counter)}", self._definition_json)
+        except EngineError:  # the engine's message is opaque; say what was refused
+            raise EngineError("the rules engine refused the compiled rule set") from None
+
+    @property
+    def live_sessions(self) -> int:
+        """Engine states alive in this adapter: 0 before the first evaluation, then 1 (H8)."""
+        return 1 if self._state_ready else 0
 
     # Actions run inside the engine: they must never raise (H10) and only record.
-    def _sentinel(self, c: Any) -> None:
-        session = self._sessions.get(str(c.s.sid))
-        if session is not None:
-            session.started = True
+    def _sentinel(self, message: Any) -> None:
+        return None
 
     def _action(self, rule: Rule) -> Callable[[Any], None]:
-        def run(c: Any) -> None:
-            session = self._sessions.get(str(c.s.sid))
-            if session is None:
+        def run(message: Any) -> None:
+            session = self._session
+            if session is None:  # an action outside an evaluation: nothing may record it
                 return
             try:
                 if _none_blocks(rule, session):
                     return
-                matched = _matched_facts(c)
+                matched = _matched_facts(message, session.matched)
                 record = session.fired.get(rule.id)
                 if record is None:
                     session.fired[rule.id] = {"round": session.round, "matched": matched}
@@ -376,68 +505,102 @@ class Engine:
 
         return run
 
+    def relevant(self, fact: Fact) -> bool:
+        """Whether some positive leaf of some rule can match this input fact."""
+        if fact.kind == "patient":
+            return self._patient_rules
+        if fact.kind != "finding":
+            return True
+        known = self._relevant.get(fact)
+        if known is None:
+            known = any(leaf_matches(leaf, fact) for leaf in self._leaves.get(fact.key, ()))
+            if len(self._relevant) >= 16384:  # numbers vary: keep the memo bounded
+                self._relevant.clear()
+            self._relevant[fact] = known
+        return known
+
     def evaluate(self, facts: Iterable[Fact]) -> EngineResult:
         facts = list(facts)
         findings = {f.key: f for f in facts if f.kind == "finding"}
         patients = [f for f in facts if f.kind == "patient"]
         session = _Session(input_findings=findings, patient=patients[0] if patients else None)
-        sid = f"e{next(_counter)}"
-        with _LOCK:  # H11 and H8
-            self._sessions[sid] = session
+        with _LOCK:  # H11: the C engine has no locking
+            self._session = session
             try:
-                self._run(sid, session, facts)
+                self._ensure_state()
+                # H9: every input fact is checked (fact_json refuses), asserted or not
+                prepared = list(map(fact_json, facts))
+                batch = [p for p, f in zip(prepared, facts, strict=True) if self.relevant(f)]
+                asserted: dict[str, str] = {}
+                try:
+                    self._run(session, batch, asserted)
+                finally:
+                    if asserted:  # back to the start fact alone: nothing reaches the next patient
+                        self._retract(asserted)
+                if session.errors:
+                    raise EngineError(f"a rule action failed: {session.errors[0]}")
+            except BaseException:
+                self._reset_state()
+                raise
             finally:
-                self._close(sid, session)
-        if session.errors:
-            raise EngineError(f"a rule action failed: {session.errors[0]}")
+                self._session = None
         return self._result(session)
 
-    def _run(self, sid: str, session: _Session, facts: list[Fact]) -> None:
-        asserted: set[str] = set()
-        batch = [{"t": T_START, "id": "start"}] + [fact_payload(f) for f in facts]
+    def _ensure_state(self) -> None:
+        if self._state_ready:
+            return
+        offset = self._engine.assert_facts(_START_BATCH)
+        if self._engine.run_actions(offset, self._actions) != 1:  # exactly the sentinel
+            raise EngineError("the rules engine did not start its state")
+        self._offset = offset
+        self._state_ready = True
+
+    def _reset_state(self) -> None:
+        """After any failure: delete the state (safe, H1: the sentinel ran when it was made)
+        and make it again on the next evaluation. If even that fails, the whole ruleset is
+        replaced by a fresh one (the old one is abandoned, never touched again)."""
+        ready, self._state_ready = self._state_ready, False
+        try:
+            if ready:
+                self._engine.delete_state()
+                return
+        except EngineError:
+            pass
+        log.warning("engine: the rule state could not be reset; compiling a fresh engine ruleset")
+        self._engine = _Rules(f"legpain_{next(_counter)}", self._definition_json)
+
+    def _run(self, session: _Session, batch: list[Prepared], asserted: dict[str, str]) -> None:
         scored = False
         while True:
-            fresh = []
-            for body in batch:  # H3: never the same fact twice, in a batch or across rounds
-                if body["id"] not in asserted:
-                    asserted.add(body["id"])
-                    fresh.append({**body, "sid": sid})
+            fresh: list[tuple[str, str]] = []
+            for fid, text, matched in batch:  # H3: never the same fact twice, in a batch or across rounds
+                if fid not in asserted:
+                    asserted[fid] = text
+                    session.matched[fid] = matched
+                    fresh.append((fid, text))
             if fresh:
-                fresh.sort(key=lambda b: b["id"] if b["t"] != T_START else "")
-                self._assert(fresh)
+                fresh.sort()
+                offset = self._engine.assert_facts("[" + ",".join(t for _, t in fresh) + "]", self._offset)
+                self._engine.run_actions(offset, self._actions)
             session.round += 1
             if session.round > MAX_ROUNDS:
                 raise EngineError("rule chaining did not settle")
-            batch = [fact_payload(f) for f in self._derived(session)]
-            if any(b["id"] not in asserted for b in batch):
+            batch = [fact_json(f) for f in self._derived(session)]
+            if any(p[0] not in asserted for p in batch):
                 continue
             if not scored:  # every rule that can add points has settled: sum the scores
                 scored = True
-                batch = [fact_payload(f) for f in self._score_facts(session)]
-                if any(b["id"] not in asserted for b in batch):
+                batch = [fact_json(f) for f in self._score_facts(session)]
+                if any(p[0] not in asserted for p in batch):
                     continue
             return
 
-    def _assert(self, batch: list[dict[str, Any]]) -> None:
-        try:
-            self._host.assert_facts(self._name, batch)
-        except Exception as exc:
-            # H3/H9/H10: the exception's message holds the whole batch: patient data.
-            raise EngineError(f"the rules engine rejected a fact batch ({exc.__class__.__name__})") from None
-
-    def _close(self, sid: str, session: _Session) -> None:
-        try:
-            if not session.started:
-                # H1: the batch failed before any action ran; run the sentinel so that the
-                # state can be deleted without crashing the process.
-                with contextlib.suppress(Exception):
-                    self._host.assert_facts(self._name, [{"t": T_START, "id": "start-retry", "sid": sid}])
-            if session.started:
-                self._host.delete_state(self._name, sid)
-        except Exception as exc:  # deleting a finished session cannot change this answer
-            log.warning("engine: a finished session could not be deleted (%s)", exc.__class__.__name__)
-        finally:
-            self._sessions.pop(sid, None)
+    def _retract(self, asserted: dict[str, str]) -> None:
+        offset = self._engine.retract_facts("[" + ",".join(asserted.values()) + "]", self._offset)
+        # Nothing is negated in the engine (H5), so a retraction cannot make a rule fire; if
+        # one did, the state is no longer what it should be.
+        if self._engine.pending(offset):
+            raise EngineError("the rules engine fired while facts were retracted")
 
     def _derived(self, session: _Session) -> list[Fact]:
         names: list[str] = []
@@ -472,32 +635,17 @@ class Engine:
         return EngineResult(tuple(firings), self._scores(session), session.round)
 
 
-def _matched_facts(c: Any) -> list[MatchedFact]:
-    """The facts a firing matched, read from the closure the engine hands the action."""
-    # A single-pattern firing carries a dict; some multi-pattern ones a list of Content.
-    raw = c.__dict__.get("_m")
-    if raw is None:
-        raw = [getattr(x, "_d", x) for x in c.__dict__.get("m", [])]
+def _matched_facts(message: Any, known: Mapping[str, MatchedFact]) -> list[MatchedFact]:
+    """The facts a firing matched, read from the engine's message for that action: a dict of
+    pattern name -> fact, with nested dicts or lists for `$all` / `$any` groups. Each fact is
+    known by its content id (the facts this evaluation asserted)."""
     out: list[MatchedFact] = []
-    if isinstance(raw, dict) and all(isinstance(v, dict) and "t" in v for v in raw.values()):
-        nodes: Any = list(raw.values())  # the usual shape: one fact per pattern name
-    else:
-        nodes = raw
 
     def visit(node: Any) -> None:
         if isinstance(node, dict) and "t" in node:
-            tag = node["t"]
-            kind = _TAG_KIND.get(tag)
-            if kind == "finding":
-                out.append(MatchedFact(
-                    "finding", node["code"], node.get("present"), node.get("value"), node.get("choice"),
-                ))
-            elif kind == "patient":
-                out.append(MatchedFact("patient", "patient", None, node.get("age"), node.get("sex")))
-            elif kind == "fact":
-                out.append(MatchedFact("fact", node["name"]))
-            elif kind == "score":
-                out.append(MatchedFact("score", node["sid_"], None, node.get("value")))
+            if node["t"] in _TAG_KIND:
+                m = known.get(node.get("id", ""))
+                out.append(m if m is not None else _matched_of(node))
         elif isinstance(node, dict):
             for v in node.values():
                 visit(v)
@@ -505,7 +653,7 @@ def _matched_facts(c: Any) -> list[MatchedFact]:
             for v in node:
                 visit(v)
 
-    visit(nodes)
+    visit(message)
     unique: list[MatchedFact] = []
     for m in out:
         if m not in unique:

@@ -1,6 +1,7 @@
 """Turn a request body into an `Encounter`, or a 422 that says what is wrong and where.
 
-Two layers: the marshmallow schema checks shape and types; then every finding is checked
+Two layers: the marshmallow schema checks shape and types (a well-formed body passes msgspec's
+faster check instead, service/fast_intake.py, which sends anything else to the schema); then every finding is checked
 against the vocabulary (known code, the value its type needs, the declared unit, the valid
 range). All problems are reported together, each with a JSON pointer into the request.
 """
@@ -14,6 +15,7 @@ from marshmallow import ValidationError
 
 from service.errors import FieldError, ValidationFailed
 from service.evaluation import Encounter
+from service.fast_intake import fast_load
 from service.fhir_mapping import LOCAL_FINDING_SYSTEM, findings_for_coding
 from service.knowledge import Knowledge
 from service.schemas import MAX_FINDINGS, EvaluationRequestSchema
@@ -35,12 +37,22 @@ def parse_encounter(k: Knowledge, body: Any) -> Encounter:
             f"Too many findings: {len(findings_raw)}; at most {MAX_FINDINGS}.",
             [FieldError("/findings", "too-many", f"At most {MAX_FINDINGS} findings per evaluation.").as_dict()],
         )
+    # A well-formed body skips marshmallow; anything else gets the schema's own error body.
+    data = fast_load(body)
+    if data is None:
+        data = _load_with_schema(body)
+    return _encounter(k, data)
+
+
+def _load_with_schema(body: dict[str, Any]) -> dict[str, Any]:
     try:
-        data = _SCHEMA.load(body)
+        return _SCHEMA.load(body)
     except ValidationError as exc:
         errors = [FieldError(ptr, "schema", msg).as_dict() for ptr, msg in _flatten(exc.normalized_messages())]
         raise ValidationFailed("The request does not match the schema.", errors) from None
 
+
+def _encounter(k: Knowledge, data: dict[str, Any]) -> Encounter:
     errors: list[FieldError] = []
     findings: dict[str, dict[str, Any]] = {}
     unknown: set[str] = set()

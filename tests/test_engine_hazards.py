@@ -83,7 +83,8 @@ def test_h2_no_engine_threads_run_outside_requests(mini_knowledge):
     eng.evaluate([Fact("finding", "a"), Fact("finding", "b")])
     new = [t for t in threading.enumerate() if t.ident not in before]
     assert new == []
-    assert not hasattr(eng._host, "_d_timer") and not hasattr(eng._host, "_t_timer")
+    # durable's Host (which starts the timers) is not used at all: the C engine is driven directly
+    assert not any(type(v).__module__.startswith("durable") for v in vars(eng).values())
 
 
 # H3 ------------------------------------------------------------------------------------------
@@ -154,10 +155,22 @@ def test_h6_any_with_both_alternatives_concludes_once(eng, mini_evaluator):
 
 # H8 / H11 ------------------------------------------------------------------------------------
 
-def test_h8_sessions_are_deleted_so_thousands_of_evaluations_run(eng):
+def test_h8_one_state_serves_thousands_of_evaluations(eng):
     for i in range(1500):  # more than the engine's 1024 live-session limit
         eng.evaluate([Fact("finding", "a"), Fact("finding", "b"), Fact("finding", "angle", value=i % 90)])
-    assert eng._sessions == {}
+    assert eng.live_sessions == 1
+
+
+def test_h8_a_failure_deletes_the_state_and_the_next_evaluation_makes_it_again(mini_knowledge):
+    eng = Engine(mini_knowledge)
+    assert eng.live_sessions == 0  # made on first use, in the worker that uses it
+    eng.evaluate([Fact("finding", "a")])
+    assert eng.live_sessions == 1
+    with pytest.raises(EngineError):
+        eng.evaluate([Fact("finding", "a"), Fact("finding", "ratio", value=1e20)])
+    assert eng.live_sessions == 0
+    assert fired(eng.evaluate([Fact("finding", "a"), Fact("finding", "b")]))[:1] == ["mini.join_ab"]
+    assert eng.live_sessions == 1
 
 
 def test_h11_concurrent_threads_get_correct_answers(eng):
@@ -192,10 +205,15 @@ def test_h9_without_normalising_exponent_numbers_give_wrong_answers(eng, monkeyp
     """Measured here: the engine reads '1e+20' wrongly, so 1e20 > 0.0001 does not fire. With
     the guard such a value is refused (and intake's ranges stop it long before)."""
     monkeypatch.setattr(engine_mod, "normalise_number", lambda x: x)
-    engine_mod._fact_payload.cache_clear()  # payloads are memoised: build them with the patch
-    assert "mini.ratio_tiny" not in fired(eng.evaluate([Fact("finding", "ratio", value=1e20)]))
+    engine_mod.clear_fact_caches()  # payloads are memoised: build them with the patch
+    # Misread: either the rule does not fire, or (the batch alone in a reused state) the engine
+    # answers with an uninitialised state offset, which the adapter refuses instead of using.
+    try:
+        assert "mini.ratio_tiny" not in fired(eng.evaluate([Fact("finding", "ratio", value=1e20)]))
+    except EngineError as exc:
+        assert "unknown state" in str(exc)
     monkeypatch.undo()
-    engine_mod._fact_payload.cache_clear()
+    engine_mod.clear_fact_caches()
     with pytest.raises(EngineError):
         eng.evaluate([Fact("finding", "ratio", value=1e20)])
 
@@ -249,10 +267,17 @@ def test_h10_engine_rejection_messages_are_not_passed_on(eng, monkeypatch):
         return body
 
     monkeypatch.setattr(engine_mod, "fact_payload", with_secret)
-    with pytest.raises(EngineError) as info:
-        eng.evaluate([Fact("finding", "a")])
+    engine_mod.clear_fact_caches()
+    try:
+        with pytest.raises(EngineError) as info:
+            eng.evaluate([Fact("finding", "a")])
+    finally:
+        monkeypatch.undo()
+        engine_mod.clear_fact_caches()
     assert "SECRET" not in str(info.value)
-    assert info.value.__suppress_context__
+    # no engine exception travels with it (one that would print the batch in a traceback)
+    assert info.value.__cause__ is None and (info.value.__suppress_context__ or info.value.__context__ is None)
+    assert fired(eng.evaluate([Fact("finding", "a"), Fact("finding", "b")]))[:1] == ["mini.join_ab"]
 
 
 # H12 -----------------------------------------------------------------------------------------
@@ -280,13 +305,12 @@ def test_h12_the_engine_fires_on_this_python_with_only_the_utcfromtimestamp_warn
     assert "mini.join_ab" in proc.stdout
 
 
-def test_h12_the_ignored_warning_is_real_from_python_3_12_and_absent_before():
+def test_h12_the_adapter_never_reaches_the_deprecated_call_on_any_python():
+    """durable's Python layer calls `utcfromtimestamp` (deprecated from 3.12) in every action;
+    the adapter drives the C engine itself, so with every DeprecationWarning an error it still
+    fires on every version. The pytest filter remains for tests that use durable's Host."""
     proc = run_py_warnings(EVALUATE_MINI, "error::DeprecationWarning")
-    if sys.version_info >= (3, 12):
-        # Unfiltered, the deprecation inside every action becomes an engine failure.
-        assert proc.returncode != 0 and "EngineError" in proc.stderr, proc.stderr
-    else:
-        assert proc.returncode == 0 and "mini.join_ab" in proc.stdout, proc.stderr
+    assert proc.returncode == 0 and "mini.join_ab" in proc.stdout, proc.stderr
 
 
 def test_h12_the_pytest_filter_names_exactly_that_message_and_module():

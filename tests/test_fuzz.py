@@ -114,4 +114,4 @@ def test_random_facts_never_crash_the_engine(engine, facts):
         assert "e+" not in str(exc) and "xxxx" not in str(exc)
     else:
         assert len({f.rule_id for f in result.firings}) == len(result.firings)
-    assert engine._sessions == {}
+    assert engine.live_sessions <= 1  # one reused state, deleted after a refusal and made again

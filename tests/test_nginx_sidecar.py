@@ -60,12 +60,21 @@ def nginx_args(binary: str, tmp: Path, conf: Path) -> list[str]:
     return [binary, "-p", str(tmp), "-c", str(conf), "-e", "stderr", "-g", extra]
 
 
+def deployed_worker_class() -> str:
+    """The gunicorn worker class the Deployment runs behind this sidecar."""
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text()))
+    api = next(c for c in docs[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "api")
+    return {e["name"]: e.get("value") for e in api["env"]}.get("CDS_WORKER_CLASS", "gthread")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[tuple[int, int]]:
-    """(nginx port, gunicorn port): gunicorn with the deploy config and nginx in front."""
+    """(nginx port, gunicorn port): gunicorn with the deploy config and the Deployment's worker
+    class, with nginx in front."""
     binary = nginx_binary()
     tmp = tmp_path_factory.mktemp("nginx")
-    with ops_support.gunicorn(tmp_path_factory.mktemp("gunicorn"), CDS_ACCESS_LOG="off") as server:
+    with ops_support.gunicorn(tmp_path_factory.mktemp("gunicorn"), CDS_ACCESS_LOG="off",
+                              CDS_WORKER_CLASS=deployed_worker_class()) as server:
         port = ops_support.free_port()
         conf = render(tmp, port, server.port)
         check = subprocess.run([*nginx_args(binary, tmp, conf)[:-2], "-t"], capture_output=True, text=True,
@@ -90,7 +99,7 @@ def test_through_nginx_every_health_probe_is_answered_under_all_three_attacks(st
     with slow_clients.attack(gunicorn):
         direct = slow_clients.probe(gunicorn, PROBE_SECONDS)
     assert direct["answered_pct"] < 100, f"the attack did not hurt bare gunicorn ({direct}): it proves nothing"
-    time.sleep(1)  # let gunicorn's threads finish with the attackers' connections
+    time.sleep(1)  # let gunicorn's workers finish with the attackers' connections
     with slow_clients.attack(nginx):
         proxied = slow_clients.probe(nginx, PROBE_SECONDS)
     print(json.dumps({"direct": direct, "through_nginx": proxied}))
@@ -145,3 +154,4 @@ def test_the_deployment_runs_this_file_as_a_sidecar():
     mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
     assert mounts["/etc/nginx/nginx.conf"]["subPath"] == "nginx.conf"
     assert "/tmp/nginx" in mounts
+
