@@ -4,6 +4,7 @@ differential, on the real rule set."""
 from __future__ import annotations
 
 from service.intake import parse_encounter
+from service.presentations import load_presentations
 
 
 def ask(evaluator, body):
@@ -40,9 +41,16 @@ def test_only_unknown_findings_are_asked_and_each_says_why(evaluator):
     for q in answer["ask_next"]:
         assert q["question"] and q["why"] and q["rules"]
         assert all(r in evaluator.knowledge.rules_by_id for r in q["rules"])
-    # No age was sent: it is asked first, then the findings by impact.
+    # No age was sent: it is asked first. Then back pain's own questions (rules/presentations.yaml:
+    # its red-flag screen, then its differential, in that order; since issue 16), then the
+    # others by impact.
     assert answer["ask_next"][0]["patient"] == "age"
-    impacts = [q["impact"] for q in answer["ask_next"][1:]]
+    back = next(p for p in load_presentations(evaluator.knowledge) if p.finding == "back_pain")
+    own = list(back.red_flags + back.differential)
+    codes = [q["finding"] for q in answer["ask_next"][1:]]
+    n = next((i for i, c in enumerate(codes) if c not in own), len(codes))
+    assert n >= 1 and codes[:n] == sorted(codes[:n], key=own.index)
+    impacts = [q["impact"] for q in answer["ask_next"][1 + n:]]
     assert impacts == sorted(impacts, reverse=True)
 
 
