@@ -7,7 +7,8 @@ rules/cases/blind/*.yaml (written blind from the guidelines), each reported on i
 together. Each case is asked as the page asks it: age and sex first (not counted), then
 
 1. the opening question, "What is the problem, and where?" (service/interview.py): the
-   complaints and pain sites the case holds as present are ticked. It counts as one question,
+   complaints and pain sites the case holds as present are ticked (and "both legs" when it
+   holds pain or numbness in both legs: SAID_AS). It counts as one question,
    asked of every case, whatever the case holds; an item the case does not hold is not ticked
    (which is not a denial);
 2. then one question at a time, always the top finding question of ask_next (the page shows
@@ -52,6 +53,10 @@ from service.interview import ASK_NEXT_LIMIT, opening_codes
 from service.loader import load_knowledge
 
 MODES = ("unknown", "no")
+# The patient's words at the opening for findings a case holds under a narrower code: pain or
+# numbness in both legs is "both legs" (case authors did not always add bilateral_leg_symptoms).
+# Only the opening reads this; every later question is answered from the case's own codes.
+SAID_AS = {"bilateral_leg_symptoms": ("radicular_pain_both_legs", "bilateral_leg_deficit_new", "ascending_numbness")}
 MAX_QUESTIONS = 80
 OPENING = 1  # the opening question counts as one question
 
@@ -91,7 +96,10 @@ def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
                             "findings": []}
     start, _ = _tier(ev, body)
     # The opening: every item the case holds as present is ticked; the rest is not sent.
-    opened = [held[c] for c in opening_codes(k) if c in held and held[c].get("present", True) is True]
+    said = {code for code, narrower in SAID_AS.items()
+            if code not in held and any(n in held and held[n].get("present", True) is True for n in narrower)}
+    opened = [held.get(c, {"code": c}) for c in opening_codes(k)
+              if (c in held and held[c].get("present", True) is True) or c in said]
     body["findings"].extend(opened)
     tier, questions = _tier(ev, body)
     tiers = [tier] * OPENING

@@ -181,7 +181,9 @@ class QuestionRanker:
                 u, d = alt_gains[code]
                 credit[code] = (_worth(u), _worth(d))
                 reasons[code], reach[code] = alt_reasons[code], alt_reach[code]
-        prior_u = [c for c in screen if c in credit and credit[c][0] > 0]
+        # Within the screens, a question that could make it an emergency before one that could
+        # make it urgent (stable: the file's order otherwise).
+        prior_u = sorted((c for c in screen if c in credit and credit[c][0] > 0), key=lambda c: -reach.get(c, 0))
         prior_d = [c for c in screen + between if c in credit and sum(credit[c]) > 0 and c not in prior_u]
         taken = set(prior_u) | set(prior_d)
         # Then the urgency questions of rules the answers already half-meet, before a screen for
@@ -197,13 +199,13 @@ class QuestionRanker:
         if limit is None:
             by_urgency = (prior_u + related_u + other_u)[:URGENCY_SLOTS]
             by_differential = [c for c in lowering + prior_d + other_d if c not in by_urgency][:DIFFERENTIAL_SLOTS]
-            group = {c: i for i, c in enumerate(prior_u + prior_d + lowering)}
+            group = {c: i for i, c in enumerate(prior_u + lowering + prior_d)}
             chosen = sorted(by_urgency + by_differential,
                             key=lambda c: (group.get(c, len(group)), -sum(credit.get(c, (0.0, 0.0))), c))
         else:
             # An interview asks the urgency questions first: the tier must settle before the
             # differential. The presentation's own questions come before those of the others.
-            chosen = (prior_u + related_u + lowering + prior_d + other_u + other_d)[:limit]
+            chosen = (prior_u + lowering + prior_d + related_u + other_u + other_d)[:limit]
             by_urgency = prior_u + related_u + other_u
         for code in lowering:
             reasons.setdefault(code, holders)
