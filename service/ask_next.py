@@ -20,6 +20,17 @@ The answer keeps the four best questions for urgency (red-flag screening must ne
 out) and the three best for the differential (so that screening never crowds out the
 question that tells causes apart), ranked together by total credit.
 
+Presentations (rules/presentations.yaml, service/presentations.py): when the request holds a
+complaint the interview's opening offers (back pain, one leg swollen, breathless, ...), its
+red-flag screen comes first (questions that could make it an emergency before the others, the
+file's order otherwise; several presentations interleaved), then the questions whose "yes"
+would stop every rule holding the current tier (their `none` lists: "could lower the urgency"),
+then the presentation's differential; each only while ask_next credits it (a rule it could
+complete is left; the other options of an `any` group count). Then, as before, urgency (rules
+a given finding already supports first, then the screen for causes nothing points to yet) and
+the differential. With `ask_next_limit` that is the order; by default the four urgency and three
+differential slots are filled in the same preference and listed presentation first.
+
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
 six: rules on age can never fire without it, and a nurse can answer it at once.

@@ -226,7 +226,8 @@ def test_all_questions_switches_to_the_full_form_with_the_answers(page):
     assert page.locator("#questionnaire").is_visible()
     assert not page.locator("#interview").is_visible()
     assert page.input_value("#patient-age") == "58"
-    assert page.is_checked(f"#{code}-{'yes' if code in held else 'unknown'}")
+    which = "unknown" if code not in held else ("yes" if held[code].get("present", True) else "no")
+    assert page.is_checked(f"#{code}-{which}")  # a denial (breathlessness: no) is carried over as "no"
     page.click("#evaluate")
     page.wait_for_selector("#result:not([hidden])")
     page.click("#mode-interview")
