@@ -28,8 +28,9 @@ would stop every rule holding the current tier (their `none` lists: "could lower
 then the presentation's differential; each only while ask_next credits it (a rule it could
 complete is left; the other options of an `any` group count). Then, as before, urgency (rules
 a given finding already supports first, then the screen for causes nothing points to yet) and
-the differential. With `ask_next_limit` that is the order; by default the four urgency and three
-differential slots are filled in the same preference and listed presentation first.
+the differential. With `ask_next_limit` that is the order; by default the four urgency slots take
+the screens' questions, then the rest by credit as before, and the three differential slots the
+lowering questions, the presentations' differential, then the rest; listed presentation first.
 
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
@@ -208,7 +209,9 @@ class QuestionRanker:
         other_d = sorted((c for c in findings if credit[c][1] > 0 and c not in taken and c not in urgent
                           and c not in lowering), key=lambda c: (-credit[c][1], c))
         if limit is None:
-            by_urgency = (prior_u + related_u + other_u)[:URGENCY_SLOTS]
+            # Beyond the presentations' screens, the four slots go by credit as before issue 16,
+            # so that a request holding no presentation gets the same urgency questions.
+            by_urgency = (prior_u + urgent)[:URGENCY_SLOTS]
             by_differential = [c for c in lowering + prior_d + other_d if c not in by_urgency][:DIFFERENTIAL_SLOTS]
             group = {c: i for i, c in enumerate(prior_u + lowering + prior_d)}
             chosen = sorted(by_urgency + by_differential,
