@@ -1,21 +1,34 @@
 """Replay every clinical case as the nurse page's interview, and count the questions.
 
-    .venv/bin/python bench/interview_replay.py [--rules DIR] [--json FILE] [--verbose]
+    .venv/bin/python -m bench.interview_replay [--rules DIR] [--json FILE] [--verbose]
 
-Each case in rules/cases/*.yaml is asked as the page asks it: age, sex and the pain sites the
-case holds first (the page's first step; not counted), then one question at a time, always the
-top finding question of ask_next (urgency questions first, as the page shows them). The answer
-comes from the case; a question the case does not hold is answered, per mode,
+Both case folders are replayed: rules/cases/*.yaml (written beside the rules) and
+rules/cases/blind/*.yaml (written blind from the guidelines), each reported on its own and
+together. Each case is asked as the page asks it: age and sex first (not counted), then
+
+1. the opening question, "What is the problem, and where?" (service/interview.py): the
+   complaints and pain sites the case holds as present are ticked (and "both legs" when it
+   holds pain or numbness in both legs: SAID_AS). It counts as one question,
+   asked of every case, whatever the case holds; an item the case does not hold is not ticked
+   (which is not a denial);
+2. then one question at a time, always the top finding question of ask_next (the page shows
+   its first three; the presentations' red-flag screens first). The replay never looks at the
+   case to choose a question: only to answer the one asked. A question the case does not hold
+   is answered, per mode,
 
   unknown  {"present": null}: asked, nobody knows
   no       {"present": false}: denied (a measurement or a choice the case does not hold is
            answered unknown: "no" is not a value)
 
-The interview ends when ask_next has no finding question left (or after 80 questions). Per case
-it reports how many questions were asked before the tier reached its final value (the tier of
-the case's full request) and stayed there; "never" when the interview ends on another tier.
+The interview ends when the tier is the case's final tier and no question left could change it
+(none could raise it, none could lower it: the page's stop rule), when ask_next has no finding
+question left, or after 80 questions. Per case
+it reports how many questions (the opening included) were asked before the tier reached its
+final value (the tier of the case's full request) and stayed there; 0 when the tier never moved
+from the tier of age and sex alone; "never" when the interview ends on another tier.
 Goal (issue 16), in both modes: every case reaches its final tier, median <= 5, worst <= 15,
-every emergency within 4. Exit status 0 whether or not the goal is met: it is a measurement.
+every emergency within 4. Exit status 0 whether or not the goal is met: it is a measurement
+(tests/test_interview_replay.py holds the goal).
 """
 
 from __future__ import annotations
@@ -24,20 +37,49 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.ask_next import LOWERS_LEAD
+from service.case_scores import BLIND_DIR, load_blind_cases
 from service.config import DEFAULT_RULES_DIR
+from service.errors import ServiceError
 from service.evaluation import Evaluator
 from service.intake import parse_encounter
-from service.interview import ASK_NEXT_LIMIT, PAIN_SITES
-from service.knowledge import Case, Knowledge
+from service.interview import ASK_NEXT_LIMIT, opening_codes
 from service.loader import load_knowledge
 
 MODES = ("unknown", "no")
+# The patient's words at the opening for findings a case holds under a narrower code: pain or
+# numbness in both legs is "both legs" (case authors did not always add bilateral_leg_symptoms).
+# Only the opening reads this; every later question is answered from the case's own codes.
+SAID_AS = {"bilateral_leg_symptoms": ("radicular_pain_both_legs", "bilateral_leg_deficit_new", "ascending_numbness")}
 MAX_QUESTIONS = 80
+OPENING = 1  # the opening question counts as one question
+
+
+@dataclass(frozen=True)
+class ReplayCase:
+    id: str
+    folder: str
+    request: dict[str, Any]
+
+
+def all_cases(ev: Evaluator, rules_dir: Path) -> tuple[list[ReplayCase], list[str]]:
+    """Both folders' cases, and the blind cases whose request the vocabulary refuses (skipped)."""
+    cases = [ReplayCase(c.id, "cases/", c.request) for c in ev.knowledge.cases]
+    refused: list[str] = []
+    for c in load_blind_cases(rules_dir):
+        try:
+            parse_encounter(ev.knowledge, c.request)
+        except ServiceError:
+            refused.append(c.id)
+            continue
+        cases.append(ReplayCase(c.id, f"{BLIND_DIR}/", c.request))
+    return cases, refused
 
 
 def _tier(ev: Evaluator, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -45,20 +87,31 @@ def _tier(ev: Evaluator, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]
     return answer["urgency"]["tier"], [q for q in answer["ask_next"] if "finding" in q]
 
 
-def replay(ev: Evaluator, case: Case, mode: str) -> dict[str, Any]:
-    k: Knowledge = ev.knowledge
+def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
+    """One interview. `case` has `id` and `request` (a rule-side Case or a ReplayCase)."""
+    k = ev.knowledge
     held = {f["code"]: f for f in case.request["findings"]}
     final, _ = _tier(ev, case.request)
     body: dict[str, Any] = {"patient": dict(case.request.get("patient", {})), "ask_next_limit": ASK_NEXT_LIMIT,
-                            "findings": [held[c] for c in PAIN_SITES if c in held]}
-    tiers: list[str] = []
+                            "findings": []}
+    start, _ = _tier(ev, body)
+    # The opening: every item the case holds as present is ticked; the rest is not sent.
+    said = {code for code, narrower in SAID_AS.items()
+            if code not in held and any(n in held and held[n].get("present", True) is True for n in narrower)}
+    opened = [held.get(c, {"code": c}) for c in opening_codes(k)
+              if (c in held and held[c].get("present", True) is True) or c in said]
+    body["findings"].extend(opened)
     tier, questions = _tier(ev, body)
-    start = tier
+    tiers = [tier] * OPENING
     # A case written with an old bundled code (vocabulary 0.3.1) answers a question on one of
     # its atoms with that code, as the nurse would have recorded it.
     umbrella_of = {a: c for c in held if k.findings[c].deprecated for a in k.findings[c].replaced_by}
-    while questions and len(tiers) < MAX_QUESTIONS:
+    asked: list[str] = []
+    while questions and len(asked) < MAX_QUESTIONS:
+        if tier == final and not any(q["tier_steps"] > 0 or q["why"].startswith(LOWERS_LEAD) for q in questions):
+            break  # the page's stop rule: no answer left can raise the tier, none can lower it
         code = questions[0]["finding"]
+        asked.append(code)
         sent = {f["code"] for f in body["findings"]}
         if code in held:
             body["findings"].append(held[code])
@@ -70,8 +123,9 @@ def replay(ev: Evaluator, case: Case, mode: str) -> dict[str, Any]:
             body["findings"].append({"code": code, "present": None})
         tier, questions = _tier(ev, body)
         tiers.append(tier)
-    settled = _settled(tiers, start, final)
-    return {"case": case.id, "final": final, "asked": len(tiers), "settled": settled}
+    return {"case": case.id, "folder": getattr(case, "folder", "cases/"), "final": final,
+            "opening": [f["code"] for f in opened], "asked": len(tiers), "questions": asked,
+            "settled": _settled(tiers, start, final)}
 
 
 def _settled(tiers: list[str], start: str, final: str) -> int | None:
@@ -95,6 +149,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "never": [r["case"] for r in rows if r["settled"] is None],
         "median": statistics.median(reached) if reached else None,
         "worst": max(reached) if reached else None,
+        "over_15": [r["case"] for r in rows if r["settled"] is not None and r["settled"] > 15],
         "emergencies": len(emergencies),
         "emergencies_over_4": late,
     }
@@ -103,26 +158,48 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def run(ev: Evaluator, cases: list[ReplayCase]) -> dict[str, Any]:
+    """Every case in both modes: per mode, the summary of all cases and of each folder."""
+    folders = sorted({c.folder for c in cases})
+    out: dict[str, Any] = {}
+    for mode in MODES:
+        rows = [replay(ev, case, mode) for case in cases]
+        out[mode] = {"summary": summary(rows),
+                     "folders": {f: summary([r for r in rows if r["folder"] == f]) for f in folders},
+                     "cases": rows}
+    return out
+
+
+def _line(name: str, s: dict[str, Any]) -> str:
+    late = s["emergencies_over_4"]
+    return (f"{name}: {s['reached_final_tier']}/{s['cases']} reach the final tier; median {s['median']}, "
+            f"worst {s['worst']}; emergencies {s['emergencies']}, over 4 questions: {len(late)}"
+            f"{' (' + ', '.join(late) + ')' if late else ''}; never: {', '.join(s['never']) or 'none'}; "
+            f"goal {'met' if s['goal_met'] else 'NOT met'}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--rules", type=Path, default=DEFAULT_RULES_DIR)
     ap.add_argument("--json", type=Path, help="write every case's figures here")
     ap.add_argument("--verbose", action="store_true", help="one line per case")
     args = ap.parse_args(argv)
     k = load_knowledge(args.rules)
     ev = Evaluator(k)
-    report: dict[str, Any] = {"ruleset": f"{k.name} {k.version}", "modes": {}}
-    for mode in MODES:
-        rows = [replay(ev, case, mode) for case in k.cases]
-        s = summary(rows)
-        report["modes"][mode] = {"summary": s, "cases": rows}
+    cases, refused = all_cases(ev, args.rules)
+    results = run(ev, cases)
+    report: dict[str, Any] = {"ruleset": f"{k.name} {k.version}", "refused": refused, "modes": results}
+    for mode, res in results.items():
         if args.verbose:
-            for r in rows:
-                print(f"  {mode:7} {r['case']:60} {r['final']:9} settled after {r['settled']} (asked {r['asked']})")
-        print(f"{mode:7}: {s['reached_final_tier']}/{s['cases']} reach the final tier; median {s['median']}, "
-              f"worst {s['worst']}; emergencies {s['emergencies']}, over 4 questions: {len(s['emergencies_over_4'])}"
-              f"{' ' + ', '.join(s['emergencies_over_4']) if s['emergencies_over_4'] else ''}; "
-              f"never: {', '.join(s['never']) or 'none'}; goal {'met' if s['goal_met'] else 'NOT met'}")
+            for r in res["cases"]:
+                print(f"  {mode:7} {r['folder']:13} {r['case']:60} {r['final']:9} settled after {r['settled']} "
+                      f"(asked {r['asked']}; opening {','.join(r['opening']) or '-'}; "
+                      f"then {','.join(r['questions'][:6])})")
+        print(_line(f"{mode:7} all", res["summary"]))
+        for folder, s in res["folders"].items():
+            print(_line(f"{mode:7} {folder}", s))
+    if refused:
+        print(f"not replayed (the vocabulary refuses their request): {', '.join(refused)}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

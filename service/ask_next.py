@@ -20,6 +20,18 @@ The answer keeps the four best questions for urgency (red-flag screening must ne
 out) and the three best for the differential (so that screening never crowds out the
 question that tells causes apart), ranked together by total credit.
 
+Presentations (rules/presentations.yaml, service/presentations.py): when the request holds a
+complaint the interview's opening offers (back pain, one leg swollen, breathless, ...), its
+red-flag screen comes first (questions that could make it an emergency before the others, the
+file's order otherwise; several presentations interleaved), then the questions whose "yes"
+would stop every rule holding the current tier (their `none` lists: "could lower the urgency"),
+then the presentation's differential; each only while ask_next credits it (a rule it could
+complete is left; the other options of an `any` group count). Then, as before, urgency (rules
+a given finding already supports first, then the screen for causes nothing points to yet) and
+the differential. With `ask_next_limit` that is the order; by default the four urgency slots take
+the screens' questions, then the rest by credit as before, and the three differential slots the
+lowering questions, the presentations' differential, then the rest; listed presentation first.
+
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
 six: rules on age can never fire without it, and a nurse can answer it at once.
@@ -32,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from service import aliases
 from service.engine import EngineResult, Fact, compare, leaf_matches
 from service.knowledge import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
+from service.presentations import Presentation, load_presentations
 
 TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
 
@@ -50,6 +63,8 @@ PATIENT_QUESTIONS = {
     "sex": ("Sex", "What is the patient's sex?", "choice", None),
 }
 MAX_UNKNOWN_PER_RULE = 2
+# The `why` of a question whose "yes" would stop the rule that holds the tier (see _lowering).
+LOWERS_LEAD = "Could lower the urgency (the rule that sets it does not apply if present)"
 BREADTH = 0.1
 _TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
 
@@ -85,7 +100,15 @@ class QuestionRanker:
         self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
         self.plans = [_Plan(rule) for rule in k.rules]
         self.umbrellas = aliases.umbrellas(k)  # deprecated bundled findings: asked as their atoms
+        # The opening's complaints and what to ask first for each (rules/presentations.yaml).
+        self.presentations: tuple[Presentation, ...] = load_presentations(k)
         self.derivers = [p for p in self.plans if p.rule.then.derive]
+        # The tier rank each rule sets by itself (its tier or its red flag's), for what holds a tier.
+        self.rule_tier: dict[str, int] = {
+            rule.id: max([TIER_RANK[rule.then.tier]] if rule.then.tier else []
+                         + ([TIER_RANK[k.red_flags[rule.then.red_flag].tier]] if rule.then.red_flag else []), default=0)
+            for rule in k.rules
+        }
         # Per current tier: only the rules that could add credit, with their impact at hand.
         self.candidates: dict[str, list[tuple[_Plan, float, float]]] = {
             tier: [(p, *self.impact[p.rule.id][tier]) for p in self.plans
@@ -122,6 +145,10 @@ class QuestionRanker:
         gains: dict[str, tuple[list[float], list[float]]] = {}
         reasons: dict[str, list[str]] = {}
         reach: dict[str, int] = {}  # code -> the highest tier rank a rule it could complete leads to
+        related: set[str] = set()  # could complete an urgency rule that a finding given already supports
+        alt_gains: dict[str, tuple[list[float], list[float]]] = {}
+        alt_reasons: dict[str, list[str]] = {}
+        alt_reach: dict[str, int] = {}
         for plan, urgency, differential in self.candidates[tier]:
             rule = plan.rule
             if rule.id in fired:
@@ -138,6 +165,18 @@ class QuestionRanker:
                 continue
             needed, satisfied = assessed
             scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
+            if urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves):
+                related.update(needed)
+            # The other options of its `any` groups (only the first is in `needed`): a
+            # presentation's screen may ask them (new urinary or new faecal incontinence).
+            for leaf in plan.leaves:
+                if (leaf.kind == "finding" and leaf.key not in needed and leaf.key not in known
+                        and leaf.key not in enc.unknown):
+                    au, ad = alt_gains.setdefault(leaf.key, ([], []))
+                    au.append(urgency * scale)
+                    ad.append(differential * scale)
+                    alt_reasons.setdefault(leaf.key, []).append(rule.id)
+                    alt_reach[leaf.key] = max(alt_reach.get(leaf.key, 0), top)
             for code in needed:
                 u, d = gains.setdefault(code, ([], []))
                 u.append(urgency * scale)
@@ -149,23 +188,91 @@ class QuestionRanker:
         aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
         findings = [c for c in credit if c in self.k.findings]
         limit = enc.ask_next_limit
-        urgency_slots = URGENCY_SLOTS if limit is None else limit
-        by_urgency = sorted((c for c in findings if credit[c][0] > 0), key=lambda c: (-credit[c][0], c))[:urgency_slots]
-        by_differential = sorted(
-            (c for c in findings if credit[c][1] > 0 and c not in by_urgency), key=lambda c: (-credit[c][1], c),
-        )[:DIFFERENTIAL_SLOTS if limit is None else limit - len(by_urgency)]
+        # The presentations the request holds put their lists first: their red-flag screen, then
+        # their differential, each question only while a rule it could complete is left.
+        screen, between = self._priors(known, enc.unknown)
+        for code in screen + between:
+            if code not in credit and code in alt_gains:
+                u, d = alt_gains[code]
+                credit[code] = (_worth(u), _worth(d))
+                reasons[code], reach[code] = alt_reasons[code], alt_reach[code]
+        # Within the screens, a question that could make it an emergency before one that could
+        # make it urgent (stable: the file's order otherwise).
+        prior_u = sorted((c for c in screen if c in credit and credit[c][0] > 0), key=lambda c: -reach.get(c, 0))
+        prior_d = [c for c in screen + between if c in credit and sum(credit[c]) > 0 and c not in prior_u]
+        taken = set(prior_u) | set(prior_d)
+        # Then the urgency questions of rules the answers already half-meet, before a screen for
+        # causes nothing points to yet; then the questions that could lower the tier.
+        urgent = sorted((c for c in findings if credit[c][0] > 0 and c not in taken), key=lambda c: (-credit[c][0], c))
+        related_u = [c for c in urgent if c in related]
+        other_u = [c for c in urgent if c not in related]
+        blockers, holders = self._lowering(result, known, enc.unknown, tier)
+        lowering = [c for c in blockers if c not in prior_u and c not in urgent]
+        prior_d = [c for c in prior_d if c not in lowering]
+        other_d = sorted((c for c in findings if credit[c][1] > 0 and c not in taken and c not in urgent
+                          and c not in lowering), key=lambda c: (-credit[c][1], c))
         if limit is None:
-            chosen = sorted(by_urgency + by_differential, key=lambda c: (-sum(credit[c]), c))
+            # Beyond the presentations' screens, the four slots go by credit as before issue 16,
+            # so that a request holding no presentation gets the same urgency questions.
+            by_urgency = (prior_u + urgent)[:URGENCY_SLOTS]
+            by_differential = [c for c in lowering + prior_d + other_d if c not in by_urgency][:DIFFERENTIAL_SLOTS]
+            group = {c: i for i, c in enumerate(prior_u + lowering + prior_d)}
+            chosen = sorted(by_urgency + by_differential,
+                            key=lambda c: (group.get(c, len(group)), -sum(credit.get(c, (0.0, 0.0))), c))
         else:
-            # An interview asks the urgency questions first: the tier must settle before the differential.
-            chosen = by_urgency + by_differential
+            # An interview asks the urgency questions first: the tier must settle before the
+            # differential. The presentation's own questions come before those of the others.
+            chosen = (prior_u + lowering + prior_d + related_u + other_u + other_d)[:limit]
+            by_urgency = prior_u + related_u + other_u
+        for code in lowering:
+            reasons.setdefault(code, holders)
+            credit.setdefault(code, (0.0, 0.0))
         current = TIER_RANK[tier]
         first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []),
                                         _tier_change(reach.get(key, 0), current))
                  for attr, key in PATIENT_KEYS.items() if attr in self.missing_patient(enc)]
         return first + [self._question(code, sum(credit[code]), reasons[code],
                                        "urgency" if code in by_urgency else "differential",
-                                       _tier_change(reach.get(code, 0), current)) for code in chosen]
+                                       _tier_change(reach.get(code, 0), current), code in lowering)
+                        for code in chosen]
+
+    def _lowering(self, result: EngineResult, known: dict[str, Fact], asked: frozenset[str],
+                  tier: str) -> tuple[list[str], list[str]]:
+        """Unanswered findings whose presence would stop every rule that holds the current tier
+        (its `none` list): the answers could still lower it, so the interview asks them."""
+        holders = [self.k.rules_by_id[f.rule_id] for f in result.firings
+                   if self.rule_tier.get(f.rule_id) == TIER_RANK[tier]]
+        if not holders or TIER_RANK[tier] == 0:
+            return [], []
+        blockers = [{leaf.key for leaf in r.when.none if leaf.kind == "finding"
+                     and leaf.key not in known and leaf.key not in asked} for r in holders]
+        common = set.intersection(*blockers)
+        # An old bundled code (vocabulary 0.3.1) is asked as its first unanswered atom, never itself.
+        out = set()
+        for c in common:
+            finding = self.k.findings.get(c)
+            if finding is None:
+                continue
+            if finding.deprecated:
+                atoms = [a for a in finding.replaced_by if a not in known and a not in asked]
+                out.update(atoms[:1])
+            else:
+                out.add(c)
+        return sorted(out), [r.id for r in holders]
+
+    def _priors(self, known: dict[str, Fact], asked: frozenset[str]) -> tuple[list[str], list[str]]:
+        """The unanswered questions of the presentations held, red-flag screens and differentials
+        apart; several presentations are interleaved (each one's first question first)."""
+        held = [p for p in self.presentations if p.finding in known and known[p.finding].present]
+        out: list[list[str]] = []
+        for lists in ([p.red_flags for p in held], [p.differential for p in held]):
+            merged: list[str] = []
+            for i in range(max((len(x) for x in lists), default=0)):
+                for x in lists:
+                    if i < len(x) and x[i] not in known and x[i] not in asked and x[i] not in merged:
+                        merged.append(x[i])
+            out.append(merged)
+        return out[0], [c for c in out[1] if c not in out[0]]
 
     def missing_patient(self, enc: Encounter) -> list[str]:
         """The patient attributes the rule set tests that this request did not give."""
@@ -192,10 +299,12 @@ class QuestionRanker:
         }
 
     def _question(self, code: str, impact: float, rules: list[str], aim: str,
-                  change: dict[str, Any]) -> dict[str, Any]:
+                  change: dict[str, Any], lowers: bool = False) -> dict[str, Any]:
         f = self.k.findings[code]
         titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
+        if lowers and aim != "urgency":
+            lead = LOWERS_LEAD
         return {
             "finding": code,
             "display": f.display,
@@ -276,6 +385,14 @@ def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozense
             u, d = max(impacts, key=sum)
             urgency, differential = urgency + u, differential + d
     return urgency, differential
+
+
+def _holds(leaf: Leaf, known: dict[str, Fact], derived: set[str]) -> bool:
+    """A finding given (and matching) or a fact derived: the presentation already points here."""
+    if leaf.kind == "finding":
+        fact = known.get(leaf.key)
+        return fact is not None and leaf_matches(leaf, fact)
+    return leaf.kind == "fact" and leaf.key in derived
 
 
 def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:

@@ -96,6 +96,8 @@ def _rule_files(rules_dir: Path) -> list[Path]:
     files += sorted((rules_dir / "cases").glob("*.yaml"))
     # Value sets decide what a record is read as, so they are part of what the hash stands for.
     files += sorted((rules_dir / "valuesets").glob("*.yaml"))
+    # What the interview asks first (service/presentations.py): it changes ask_next's answers.
+    files += [p for p in [rules_dir / "presentations.yaml"] if p.exists()]
     return files
 
 

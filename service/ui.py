@@ -1,5 +1,6 @@
-"""The triage nurse page at `/`: a guided interview (the default: patient, pain sites, then the
-questions ask_next ranks highest, with the answer so far beside them) and the full questionnaire
+"""The triage nurse page at `/`: a guided interview (the default: patient, one opening question -
+what the problem is and where - then the questions ask_next ranks highest, with the answer so
+far beside them) and the full questionnaire
 generated from the vocabulary; both post to `POST /v1/evaluations` and show the answer. Served by
 the service itself, with no CDN and no inline script, so that it works offline and under a strict
 Content-Security-Policy."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, render_template
 
-from service.interview import pain_sites
+from service.interview import complaints, pain_sites
 from service.knowledge import Finding, Knowledge
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
@@ -42,7 +43,8 @@ def grouped_findings(k: Knowledge) -> list[tuple[str, str, list[Finding]]]:
 @bp.get("/")
 def page() -> Response:
     k = current_app.extensions["evaluator"].knowledge
-    html = render_template("index.html", groups=grouped_findings(k), sites=pain_sites(k), ruleset=k)
+    html = render_template("index.html", groups=grouped_findings(k), sites=pain_sites(k),
+                           complaints=complaints(k), ruleset=k)
     resp = Response(html, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = CSP
     resp.headers["X-Content-Type-Options"] = "nosniff"

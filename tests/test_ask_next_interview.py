@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from service.intake import parse_encounter
 from service.knowledge import TIER_RANK
+from service.presentations import load_presentations
 
 SCIATICA = [{"code": "back_pain"}, {"code": "pain_shooting_buttock_to_thigh"}]
 
@@ -63,9 +64,21 @@ def test_a_limit_returns_more_urgency_questions_first(evaluator):
     asked = [q for q in ans["ask_next"] if "finding" in q]
     assert len(asked) == 20
     aims = [q["aim"] for q in asked]
-    assert aims == sorted(aims, key=lambda a: a != "urgency")  # urgency first, then differential
-    default = findings_asked(answer(evaluator, {"patient": {"age": 45}, "findings": SCIATICA}))
-    urgency_default = [c for c, q in zip(default, ans["ask_next"], strict=False) if q["aim"] == "urgency"]
+    # Since issue 16 (rules/presentations.yaml): the red-flag screens of the presentations held
+    # (back pain, sciatica) first, then their differential, then the screen for causes nothing
+    # given points to, urgency first within each.
+    held = {"back_pain", "pain_shooting_buttock_to_thigh"}
+    own = {c for p in load_presentations(evaluator.knowledge) if p.finding in held
+           for c in p.red_flags + p.differential}
+    assert aims[0] == "urgency" and asked[0]["finding"] == "urinary_retention"
+    first_other = next((i for i, q in enumerate(asked) if q["finding"] not in own), len(asked))
+    assert all(q["finding"] in own for q in asked[:first_other])
+    for part in ([q for q in asked if q["finding"] in own], asked[first_other:]):
+        part_aims = [q["aim"] for q in part]
+        assert part_aims == sorted(part_aims, key=lambda a: a != "urgency")  # urgency first, then differential
+    # The default answer's urgency questions are among the limit's (each answer's own aims).
+    default = answer(evaluator, {"patient": {"age": 45}, "findings": SCIATICA})["ask_next"]
+    urgency_default = [q["finding"] for q in default if "finding" in q and q["aim"] == "urgency"]
     assert set(urgency_default) <= {q["finding"] for q in asked}
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from service.interview import PAIN_SITES
+from service.config import DEFAULT_RULES_DIR
+from service.interview import PAIN_SITES, opening_codes
+from service.loader import load_knowledge
 from tests import test_ui_browser as ui
 from tests.test_ui_browser import ARTIFACTS, CASES, ROOT
 
@@ -19,6 +21,7 @@ base_url, browser, page = ui.base_url, ui.browser, ui.page
 pytestmark = pytest.mark.slow
 
 AXE = ROOT / "tests" / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
+OPENING = opening_codes(load_knowledge(DEFAULT_RULES_DIR))
 
 
 def expected_tier(case_id: str) -> str:
@@ -32,8 +35,8 @@ def wait_live(page, answers: int) -> str:
 
 
 def start(page, case_id: str) -> tuple[dict[str, dict[str, Any]], int]:
-    """Step 1: age, sex and the pain sites the case holds. Returns the case's findings and the
-    number of answers given."""
+    """Steps 1 and 2: age, sex, and the opening's complaints and pain sites the case holds (each
+    tick counted as an answer). Returns the case's findings and the number of answers given."""
     case = CASES[case_id]
     patient = case.request["patient"]
     held = {f["code"]: f for f in case.request["findings"]}
@@ -45,9 +48,9 @@ def start(page, case_id: str) -> tuple[dict[str, dict[str, Any]], int]:
     if "sex" in patient:
         page.select_option("#iv-sex", patient["sex"])
         given += 1
-    for code in PAIN_SITES:
+    for code in OPENING:
         if code in held and held[code].get("present", True):
-            page.check(f"#iv-site-{code}")
+            page.check(f"#iv-{'site' if code in PAIN_SITES else 'complaint'}-{code}")
             given += 1
     wait_live(page, 0)
     return held, given
@@ -223,7 +226,8 @@ def test_all_questions_switches_to_the_full_form_with_the_answers(page):
     assert page.locator("#questionnaire").is_visible()
     assert not page.locator("#interview").is_visible()
     assert page.input_value("#patient-age") == "58"
-    assert page.is_checked(f"#{code}-{'yes' if code in held else 'unknown'}")
+    which = "unknown" if code not in held else ("yes" if held[code].get("present", True) else "no")
+    assert page.is_checked(f"#{code}-{which}")  # a denial (breathlessness: no) is carried over as "no"
     page.click("#evaluate")
     page.wait_for_selector("#result:not([hidden])")
     page.click("#mode-interview")

@@ -1,5 +1,6 @@
-// The interview: patient and pain sites first, then the questions ask_next ranks highest (up to
-// three at a time, urgency first), with the answer so far beside them. Uses el(), evaluate(),
+// The interview: patient first, then one opening question (what the problem is and where: the
+// complaints and pain sites, each a finding), then the questions ask_next ranks highest (up to
+// three at a time: the red-flag screen of what was ticked first, then urgency, then the rest), with the answer so far beside them. Uses el(), evaluate(),
 // render() and TIER_WORDS from ui.js. Every value from the service is written as text.
 "use strict";
 
@@ -22,7 +23,7 @@ function ivRequest() {
   if (age !== "") body.patient.age = Number(age);
   const sex = document.getElementById("iv-sex").value;
   if (sex) body.patient.sex = sex;
-  for (const box of document.querySelectorAll("#iv-sites input:checked")) {
+  for (const box of document.querySelectorAll("#iv-opening input[data-code]:checked")) {
     if (!iv.answers.has(box.dataset.code)) body.findings.push({ code: box.dataset.code, present: true });
   }
   for (const [code, a] of iv.answers) body.findings.push({ code, ...a });
@@ -31,7 +32,7 @@ function ivRequest() {
 
 function ivStarted() {
   return document.getElementById("iv-age").value !== "" || document.getElementById("iv-sex").value !== ""
-    || iv.answers.size > 0 || document.querySelector("#iv-sites input:checked") !== null;
+    || iv.answers.size > 0 || document.querySelector("#iv-opening input[data-code]:checked") !== null;
 }
 
 // Any change: ask again. A change while a request is out is sent when it returns (not in
@@ -152,7 +153,10 @@ function showQuestions(asks) {
   if (patient.length) stage.textContent = `Give the patient's ${patient.join(" and ")} (step 1): rules depend on it.`;
   else if (!next.length) stage.textContent = "No more questions: nothing left to ask would change the answer.";
   else if (next[0].aim === "urgency") stage.textContent = "Red-flag screen: questions that could raise the urgency.";
-  else stage.textContent = "Red-flag screen complete. These questions only refine what it could be.";
+  else if (findings.some((q) => q.aim === "urgency")) {
+    // The ticked problem's own questions come first; the screen for other causes follows them.
+    stage.textContent = "These questions tell the causes of this problem apart; red-flag questions for other causes follow.";
+  } else stage.textContent = "Red-flag screen complete. These questions only refine what it could be.";
 }
 
 function stopRules(answer) {
@@ -281,7 +285,7 @@ function restart() {
   iv.version += 1;
   document.getElementById("iv-age").value = "";
   document.getElementById("iv-sex").value = "";
-  for (const box of document.querySelectorAll("#iv-sites input")) box.checked = false;
+  for (const box of document.querySelectorAll("#iv-opening input[data-code]")) box.checked = false;
   document.getElementById("iv-questions").replaceChildren();
   document.getElementById("iv-answered").replaceChildren();
   document.getElementById("iv-done-empty").hidden = false;
@@ -296,7 +300,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("questionnaire");
   document.getElementById("iv-age").addEventListener("change", refresh);
   document.getElementById("iv-sex").addEventListener("change", refresh);
-  for (const box of document.querySelectorAll("#iv-sites input")) box.addEventListener("change", refresh);
+  for (const box of document.querySelectorAll("#iv-opening input[data-code]")) box.addEventListener("change", refresh);
   document.getElementById("copy-note").addEventListener("click", copyNote);
   document.getElementById("iv-restart").addEventListener("click", restart);
   document.getElementById("iv-finish").addEventListener("click", () => {
