@@ -1,6 +1,6 @@
 """gunicorn configuration used by `python -m service serve` (and the container).
 
-Worker model, chosen by measurement (bench/slow_clients.py, bench/run.py, README "Performance"):
+Worker model, chosen by measurement (bench/slow_clients.py, bench/run.py, docs/contributors.md "Performance"):
 gthread, 4 threads per worker, with or without the nginx sidecar in front. Evaluation is
 CPU-bound and serialised per process by the engine lock, so the threads add little throughput,
 but they keep a worker answering while some of its connections are slow: with 6 clients

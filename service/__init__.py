@@ -15,7 +15,7 @@ from service.app.exposure import binds_of, refuse_if_exposed
 from service.config import load_config
 
 # The one place the version is written: pyproject.toml reads it (dynamic version), the image tag in
-# deploy/Containerfile, deploy/k8s/deployment.yaml and the README must equal it
+# deploy/Containerfile, deploy/k8s/deployment.yaml and docs/operators.md must equal it
 # (tests/test_deploy.py), and legpain_cds_build_info reports it, also in the container, where the
 # package is not installed.
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """Configuration: embedded defaults, overridden by environment variables, overridden by the
-mapping passed to `create_app` (tests). Every variable is listed in the README."""
+mapping passed to `create_app` (tests). Every variable is listed in docs/operators.md (Configuration)."""
 
 from __future__ import annotations
 

@@ -286,7 +286,7 @@ def test_the_image_tag_is_the_service_version_everywhere():
     from service import __version__
 
     found: dict[str, set[str]] = {}
-    for rel in ("README.md", "deploy/Containerfile", "deploy/k8s/deployment.yaml"):
+    for rel in ("docs/operators.md", "deploy/Containerfile", "deploy/k8s/deployment.yaml"):
         tags = re.findall(r"legpain-cds:(\d+\.\d+\.\d+\S*)", (ROOT / rel).read_text())
         assert tags, f"{rel} names no legpain-cds:<tag>"
         found[rel] = set(tags)

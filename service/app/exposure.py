@@ -97,7 +97,7 @@ def exposure_problem(binds: Iterable[str], config: Mapping[str, Any]) -> str | N
         return None
     return (f"refusing to start: bound to {', '.join(exposed)} (beyond loopback) without authentication: "
             + "; ".join(missing)
-            + ". See the README's Security model section, or bind to 127.0.0.1 for local use.")
+            + ". See the Security model in docs/operators.md, or bind to 127.0.0.1 for local use.")
 
 
 def refuse_if_exposed(binds: Iterable[str], config: Mapping[str, Any]) -> None:
