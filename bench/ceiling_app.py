@@ -24,7 +24,7 @@ for p in (str(ROOT), str(ROOT / "bench")):
 import latency  # noqa: E402
 
 from service import create_app  # noqa: E402
-from service.api import read_json_body  # noqa: E402
+from service.ops.body import read_json_body  # noqa: E402
 
 
 def create() -> Flask:

@@ -6,7 +6,7 @@ Both case folders are replayed: rules/cases/*.yaml (written beside the rules) an
 rules/cases/blind/*.yaml (written blind from the guidelines), each reported on its own and
 together. Each case is asked as the page asks it: age and sex first (not counted), then
 
-1. the opening question, "What is the problem, and where?" (service/interview.py): the
+1. the opening question, "What is the problem, and where?" (service/web/interview.py): the
    complaints and pain sites the case holds as present are ticked (and "both legs" when it
    holds pain or numbness in both legs: SAID_AS). It counts as one question,
    asked of every case, whatever the case holds; an item the case does not hold is not ticked
@@ -43,14 +43,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.ask_next import LOWERS_LEAD
-from service.case_scores import BLIND_DIR, load_blind_cases
+from service.checks.case_scores import BLIND_DIR, load_blind_cases
 from service.config import DEFAULT_RULES_DIR
 from service.errors import ServiceError
-from service.evaluation import Evaluator
-from service.intake import parse_encounter
-from service.interview import ASK_NEXT_LIMIT, opening_codes
-from service.loader import load_knowledge
+from service.intake.parse import parse_encounter
+from service.knowledge.loader import load_knowledge
+from service.reasoning.ask_next import LOWERS_LEAD
+from service.reasoning.evaluation import Evaluator
+from service.web.interview import ASK_NEXT_LIMIT, opening_codes
 
 MODES = ("unknown", "no")
 # The patient's words at the opening for findings a case holds under a narrower code: pain or

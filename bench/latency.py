@@ -44,10 +44,11 @@ import orjson  # noqa: E402
 
 from service.config import DEFAULT_RULES_DIR  # noqa: E402
 from service.errors import RuleLoadError, ServiceError  # noqa: E402
-from service.evaluation import Encounter, Evaluator  # noqa: E402
-from service.intake import parse_encounter  # noqa: E402
-from service.knowledge import Case, Knowledge  # noqa: E402
-from service.loader import load_knowledge  # noqa: E402
+from service.intake.parse import parse_encounter  # noqa: E402
+from service.knowledge.loader import load_knowledge  # noqa: E402
+from service.knowledge.model import Case, Knowledge  # noqa: E402
+from service.reasoning.encounter import Encounter  # noqa: E402
+from service.reasoning.evaluation import Evaluator  # noqa: E402
 
 GROUPS: dict[str, int | None] = {"small": None, "typical": 20, "large": 60}  # None: the case, capped at 5
 SMALL_MAX = 5

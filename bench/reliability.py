@@ -8,7 +8,7 @@ One gunicorn (CDS_DRAIN_SECONDS=--drain, as the deploy sets it) serves checks a-
 check e starts gunicorn of its own:
 
   a. load     --connections concurrent clients for --duration seconds, POST /v1/evaluations with
-              the clinical cases in rotation. Every answer is checked with service.cases.compare
+              the clinical cases in rotation. Every answer is checked with service.checks.cases.compare
               against its case's expectation (and the served rule set's sha256), so a wrong answer
               counts as a failure like a 5xx, another status, a reset or a timeout.
   b. soak     --soak more evaluations the same way; VmRSS of every worker (/proc/<pid>/status)
@@ -68,13 +68,13 @@ import ops_support  # noqa: E402  (tests/ops_support.py: how the suite starts re
 import pytest  # noqa: E402  (ops_support.wait_ready reports with pytest.fail)
 import yaml  # noqa: E402
 
-from service.cases import compare  # noqa: E402
+from service.checks.cases import compare  # noqa: E402
 from service.config import DEFAULT_RULES_DIR  # noqa: E402
 from service.errors import ServiceError  # noqa: E402
-from service.evaluation import Evaluator  # noqa: E402
-from service.intake import parse_encounter  # noqa: E402
-from service.knowledge import Knowledge  # noqa: E402
-from service.loader import load_knowledge  # noqa: E402
+from service.intake.parse import parse_encounter  # noqa: E402
+from service.knowledge.loader import load_knowledge  # noqa: E402
+from service.knowledge.model import Knowledge  # noqa: E402
+from service.reasoning.evaluation import Evaluator  # noqa: E402
 
 PATH = "/v1/evaluations"
 FAILURE_KINDS = ("5xx", "other-status", "wrong-answer", "connection", "timeout")

@@ -57,10 +57,10 @@ import orjson  # noqa: E402  (bench/latency.py: encounter building and timing he
 import yaml  # noqa: E402
 
 from service.config import DEFAULT_RULES_DIR  # noqa: E402
-from service.engine import Engine  # noqa: E402
-from service.evaluation import Evaluator  # noqa: E402
-from service.intake import parse_encounter  # noqa: E402
-from service.loader import load_knowledge  # noqa: E402
+from service.intake.parse import parse_encounter  # noqa: E402
+from service.knowledge.loader import load_knowledge  # noqa: E402
+from service.reasoning.engine import Engine  # noqa: E402
+from service.reasoning.evaluation import Evaluator  # noqa: E402
 from tests.reference import engine_fresh_session  # noqa: E402  (the adapter before issue 18)
 
 SIZES = {"small": None, "typical": 20, "large": 60}

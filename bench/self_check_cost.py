@@ -1,5 +1,5 @@
 """What the start-up self-check costs: load and compile the rule set, then run its
-`self_check: true` cases (service/self_check.py) once cold and --repeat times warm.
+`self_check: true` cases (service/checks/self_check.py) once cold and --repeat times warm.
 
     .venv/bin/python bench/self_check_cost.py [--rules DIR] [--repeat 20]
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.checks.self_check import run_self_check
 from service.config import DEFAULT_RULES_DIR
-from service.evaluation import Evaluator
-from service.loader import load_knowledge
-from service.self_check import run_self_check
+from service.knowledge.loader import load_knowledge
+from service.reasoning.evaluation import Evaluator
 
 
 def main() -> int:

@@ -108,7 +108,7 @@ def main() -> int:
     args = parser.parse_args()
     binary = harness.ensure_wrk()
     from service.config import DEFAULT_RULES_DIR
-    from service.loader import load_knowledge
+    from service.knowledge.loader import load_knowledge
 
     bodies, _ = harness.latency.build_inputs(load_knowledge(DEFAULT_RULES_DIR), 1000, 70_000, 20)
     report = {}

@@ -1,6 +1,6 @@
 """gunicorn configuration used by `python -m service serve` (and the container).
 
-Worker model, chosen by measurement (bench/slow_clients.py, bench/run.py, README "Performance"):
+Worker model, chosen by measurement (bench/slow_clients.py, bench/run.py, docs/contributors.md "Performance"):
 gthread, 4 threads per worker, with or without the nginx sidecar in front. Evaluation is
 CPU-bound and serialised per process by the engine lock, so the threads add little throughput,
 but they keep a worker answering while some of its connections are slow: with 6 clients
@@ -19,9 +19,9 @@ import shutil
 import sys
 import tempfile
 
-from service.startup import config_problem, port_problem
+from service.app.startup import config_problem, port_problem
 
-# Prometheus multiprocess mode (service/metrics.py). The variable must be set before
+# Prometheus multiprocess mode (service/ops/metrics.py). The variable must be set before
 # prometheus_client is first imported, which the preloaded app does after this file is read;
 # the directory is emptied in on_starting, before any worker forks (not here: this file is read
 # again on SIGHUP).
@@ -32,7 +32,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # workers inherit this handler and must leave the directory alone.
     atexit.register(lambda: os.getpid() == _master_pid and shutil.rmtree(_own_dir, ignore_errors=True))
 
-# CDS Hooks JWT replay store (service/replay_store.py): the workers are separate processes, so a
+# CDS Hooks JWT replay store (service/ehr/replay_store.py): the workers are separate processes, so a
 # per-process cache would accept a replayed token once per worker. Unless Redis (every pod) or a
 # file is configured, one SQLite file in a fresh directory, shared by this master's workers.
 if not os.environ.get("CDS_HOOKS_REPLAY_REDIS_URL") and not os.environ.get("CDS_HOOKS_REPLAY_DB"):
@@ -41,7 +41,7 @@ if not os.environ.get("CDS_HOOKS_REPLAY_REDIS_URL") and not os.environ.get("CDS_
     atexit.register(lambda: os.getpid() == _replay_master and shutil.rmtree(_replay_dir, ignore_errors=True))
 
 bind = [b.strip() for b in os.environ.get("CDS_BIND", "127.0.0.1:8000").split(",") if b.strip()]
-# Exposed beyond loopback, the service must not run open (service/exposure.py). Not checked
+# Exposed beyond loopback, the service must not run open (service/app/exposure.py). Not checked
 # here: `-b` on the command line and GUNICORN_CMD_ARGS override this file after it is read, so
 # only the hooks below see the final addresses.
 # A malformed API key or issuer list: one line now, not the app factory's traceback later.
@@ -55,7 +55,7 @@ threads = int(os.environ.get("CDS_THREADS", "1" if worker_class == "sync" else "
 preload_app = True  # compile rules once; a broken rule set stops the master before forking
 timeout = int(os.environ.get("CDS_WORKER_TIMEOUT", "30"))
 # SIGTERM: readiness turns 503 at once, workers keep serving for CDS_DRAIN_SECONDS, then finish
-# the request in hand and exit (service/lifecycle.py); the master kills what is left after
+# the request in hand and exit (service/ops/lifecycle.py); the master kills what is left after
 # graceful_timeout, which is kept above the drain delay.
 drain_seconds = float(os.environ.get("CDS_DRAIN_SECONDS", "0"))
 graceful_timeout = max(int(os.environ.get("CDS_GRACEFUL_TIMEOUT", "20")), int(drain_seconds) + 5)
@@ -67,12 +67,12 @@ limit_request_field_size = 8190
 # gunicorn's text access log is OFF unless CDS_ACCESS_LOG names a target: its %(U)s is the raw
 # path, and a path can carry a patient identifier (GET /v1/rules/MRN-...) or an encoded line
 # break. The service writes its own JSON line per request with the route template instead
-# (service/logs.py). Turning it on (CDS_ACCESS_LOG=-) logs raw paths: local debugging only.
+# (service/ops/logs.py). Turning it on (CDS_ACCESS_LOG=-) logs raw paths: local debugging only.
 _access = os.environ.get("CDS_ACCESS_LOG", "off")
 accesslog = None if _access.lower() in ("", "off", "none") else _access
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
-logger_class = "service.logs.GunicornLogger"  # gunicorn's own messages as JSON lines
+logger_class = "service.ops.logs.GunicornLogger"  # gunicorn's own messages as JSON lines
 # gunicorn >= 25.1 opens a control socket under $HOME/.gunicorn by default: a write outside the
 # container's writable mounts, one path shared by every instance of a user, and a management
 # interface nobody here uses.
@@ -84,8 +84,8 @@ def _refuse_if_exposed(binds):
     """Raise (gunicorn prints "Error: <message>" and exits 1) when these binds are beyond loopback
     and the configuration gives no API key or no trusted issuer. Read from the environment as
     the app reads it, after gunicorn applied any `--env` settings."""
+    from service.app.exposure import refuse_if_exposed
     from service.config import load_config
-    from service.exposure import refuse_if_exposed
 
     refuse_if_exposed(binds, load_config())
 
@@ -96,7 +96,7 @@ def on_starting(server):
     how to pick another, instead of gunicorn's five retries and "Can't connect" (not when
     gunicorn inherits its sockets: a USR2 upgrade or systemd, where the port is ours by design).
     Then empty the metrics directory (samples of a previous run must not be summed in) and
-    preallocate the storage-error tally while there is room (service/metrics_files.py)."""
+    preallocate the storage-error tally while there is room (service/ops/metrics_files.py)."""
     _refuse_if_exposed(server.cfg.bind)
     if not (os.environ.get("GUNICORN_FD") or os.environ.get("LISTEN_FDS")):
         for address in server.cfg.bind:
@@ -104,7 +104,7 @@ def on_starting(server):
             if problem:
                 sys.stderr.write(problem + "\n")
                 sys.exit(2)
-    from service.metrics_files import prepare_directory
+    from service.ops.metrics_files import prepare_directory
 
     prepare_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
@@ -112,7 +112,7 @@ def on_starting(server):
 def when_ready(server):
     """Check again against the sockets really listening, before any worker is started: systemd
     socket activation and inherited descriptors (fd://) bypass the bind setting."""
-    from service.exposure import socket_bind
+    from service.app.exposure import socket_bind
 
     _refuse_if_exposed([socket_bind(listener.sock) for listener in server.LISTENERS])
 
@@ -120,7 +120,7 @@ def when_ready(server):
 def child_exit(server, worker):
     """Merge the dead worker's counters and histograms into the archive and remove its files:
     counters never go backwards, and restarts do not fill the metrics volume."""
-    from service.metrics_files import archive_dead
+    from service.ops.metrics_files import archive_dead
 
     try:
         archive_dead(os.environ["PROMETHEUS_MULTIPROC_DIR"], {os.getpid(), *server.WORKERS})
@@ -132,25 +132,25 @@ def pre_request(worker, req):
     """gunicorn's default logs "METHOD /path" at debug level, and a path can carry an identifier;
     the service writes its own request line with the route template instead. The request object
     is handed to the service so that it can close the connection after an answer that leaves
-    the body unread, or while draining (service/connection.py)."""
-    from service.connection import bind
+    the body unread, or while draining (service/ops/connection.py)."""
+    from service.ops.connection import bind
 
     bind(req)
 
 
 def post_worker_init(worker):
-    from service.lifecycle import install_drain_handler
+    from service.ops.lifecycle import install_drain_handler
 
     install_drain_handler(worker, drain_seconds)
 
 
 def worker_int(worker):
-    from service.lifecycle import start_draining
+    from service.ops.lifecycle import start_draining
 
     start_draining()
 
 
 def worker_abort(worker):
-    from service.lifecycle import start_draining
+    from service.ops.lifecycle import start_draining
 
     start_draining()

@@ -20,6 +20,7 @@ bash scripts/setup.sh test
 bash scripts/setup-system.sh  # Prometheus server and promtool, if missing
 bash scripts/setup-browser.sh  # Chromium for the browser tests, if missing
 .venv/bin/ruff check service tests bench deploy
+.venv/bin/lint-imports --no-cache  # the layers of service/ (pyproject [tool.importlinter]; also tests/test_layers.py)
 .venv/bin/python -m service lint
 .venv/bin/python -m service cases --min-blind-exact 0.9  # issue 12: the blind folder gates at 90% exact
 

@@ -8,19 +8,19 @@ import os
 import sys
 from pathlib import Path
 
+from service.checks.self_check import SelfCheckError
 from service.config import load_config
 from service.errors import RuleLoadError, ServiceError, StartupRefused
-from service.self_check import SelfCheckError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _evaluator(rules_dir: str | None, *, self_check: bool = True):  # type: ignore[no-untyped-def]
     """The loaded rule set. With `self_check` (serve, evaluate) its self-check cases must pass
-    first (service/self_check.py); lint and cases report failing cases themselves."""
-    from service.evaluation import Evaluator
-    from service.loader import load_knowledge
-    from service.self_check import run_self_check
+    first (service/checks/self_check.py); lint and cases report failing cases themselves."""
+    from service.checks.self_check import run_self_check
+    from service.knowledge.loader import load_knowledge
+    from service.reasoning.evaluation import Evaluator
 
     evaluator = Evaluator(load_knowledge(rules_dir or load_config()["RULES_DIR"]))
     if self_check:
@@ -36,8 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["CDS_RULES_DIR"] = args.rules
     if args.bind:
         os.environ["CDS_BIND"] = args.bind
-    from service.exposure import binds_of, exposure_problem
-    from service.startup import config_problem, port_problem
+    from service.app.exposure import binds_of, exposure_problem
+    from service.app.startup import config_problem, port_problem
 
     config = load_config()
     binds = binds_of(config["BIND"])
@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from service.intake import parse_encounter
+    from service.intake.parse import parse_encounter
 
     evaluator = _evaluator(args.rules)
     try:
@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    from service.lint import lint
+    from service.checks.lint import lint
 
     evaluator = _evaluator(args.rules, self_check=False)
     errors, warnings = lint(evaluator)
@@ -90,8 +90,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_cases(args: argparse.Namespace) -> int:
-    from service.case_scores import BLIND_DIR, load_blind_cases, rule_side_cases, score_folder
-    from service.cases import run_cases
+    from service.checks.case_scores import BLIND_DIR, load_blind_cases, rule_side_cases, score_folder
+    from service.checks.cases import run_cases
 
     evaluator = _evaluator(args.rules, self_check=False)
     report = run_cases(evaluator)
@@ -128,7 +128,7 @@ def cmd_cases(args: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    from service.openapi import OPENAPI_DIR, build_spec, to_yaml
+    from service.app.openapi import OPENAPI_DIR, build_spec, to_yaml
 
     text = to_yaml(build_spec())
     target = OPENAPI_DIR / "openapi.yaml"

@@ -1,5 +1,5 @@
 """Configuration: embedded defaults, overridden by environment variables, overridden by the
-mapping passed to `create_app` (tests). Every variable is listed in the README."""
+mapping passed to `create_app` (tests). Every variable is listed in docs/operators.md (Configuration)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ _SETTINGS: dict[str, tuple[str, Any, Any]] = {
     "RULES_DIR": ("CDS_RULES_DIR", str(DEFAULT_RULES_DIR), str),
     "MAX_CONTENT_LENGTH": ("CDS_MAX_BODY_BYTES", 256 * 1024, int),
     # Where the service is served, comma-separated gunicorn-style binds. gunicorn binds it; the
-    # app factory refuses to serve non-loopback binds without authentication (service/exposure.py),
+    # app factory refuses to serve non-loopback binds without authentication (service/app/exposure.py),
     # so another WSGI server must be given its listen address here.
     "BIND": ("CDS_BIND", "127.0.0.1:8000", str),
-    # Native API keys (service/auth.py)
+    # Native API keys (service/ops/auth.py)
     "API_KEYS": ("CDS_API_KEYS", "", str),  # comma-separated keys (16-256 characters each)
     "API_KEYS_FILE": ("CDS_API_KEYS_FILE", "", str),  # file: one key (or name=key) per line
     "PROTECT_METRICS": ("CDS_PROTECT_METRICS", "false", str),  # true: /metrics needs an API key too
     "HOOKS_ENABLED": ("CDS_HOOKS_ENABLED", "true", str),  # false: no /cds-services endpoints
-    # CDS Hooks (service/cds_hooks.py, service/hooks_auth.py)
+    # CDS Hooks (service/ehr/cds_hooks.py, service/ehr/hooks_auth.py)
     "HOOKS_TRUSTED_ISSUERS": ("CDS_HOOKS_TRUSTED_ISSUERS", "", str),  # JSON {iss: JWKS path | JWKS}; empty: open
     "HOOKS_CORS_ORIGINS": ("CDS_HOOKS_CORS_ORIGINS", "", str),  # comma-separated EHR origins
     "HOOKS_BASE_URL": ("CDS_HOOKS_BASE_URL", "", str),  # public base URL the JWT aud is checked against

@@ -6,8 +6,8 @@ import pytest
 
 from service import create_app
 from service.config import DEFAULT_RULES_DIR
-from service.evaluation import Evaluator
-from service.loader import load_knowledge
+from service.knowledge.loader import load_knowledge
+from service.reasoning.evaluation import Evaluator
 
 ROOT = Path(__file__).resolve().parent.parent
 MINI_RULES = ROOT / "tests" / "fixtures" / "mini_rules"

@@ -168,6 +168,6 @@ class SekmetServer:
 
     def transport(self, url: str, headers: dict[str, str], timeout: float, max_bytes: int) -> tuple[int, bytes]:
         """The service's reads, with Prefer: handling=strict added."""
-        from service.cds_hooks import urllib_transport
+        from service.ehr.cds_hooks import urllib_transport
 
         return urllib_transport(url, {**headers, "Prefer": "handling=strict"}, timeout, max_bytes)

@@ -542,7 +542,7 @@ RECORDS = build()
 
 def read_all(k: Any, record: Record) -> dict[str, dict[str, Any]]:
     """The findings the service reads from a record (its prefetch, mapped at NOW)."""
-    from service.fhir_mapping import map_prefetch
+    from service.fhir.mapping import map_prefetch
 
     pf = record.prefetch()
     mapped = map_prefetch(k, patient=pf["patient"], patient_id=record.pid, now=NOW,

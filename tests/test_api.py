@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from service.schemas import EvaluationResponseSchema, ProblemSchema
+from service.intake.schemas import EvaluationResponseSchema, ProblemSchema
 
 CHAIN = {"patient": {"age": 55, "sex": "female"},
          "findings": [{"code": "a"}, {"code": "b"}, {"code": "c"}, {"code": "angle", "value": 40, "unit": "deg"}],
@@ -298,7 +298,7 @@ def test_the_range_of_a_unitless_measurement_reads_without_the_unit_1(client, kn
 
 
 def test_every_finding_of_the_vocabulary_fits_in_one_request_and_one_ask_next(knowledge):
-    from service.schemas import MAX_ASK_NEXT, MAX_FINDINGS
+    from service.intake.schemas import MAX_ASK_NEXT, MAX_FINDINGS
 
     assert len(knowledge.findings) <= MAX_FINDINGS
     assert len(knowledge.findings) <= MAX_ASK_NEXT

@@ -3,8 +3,8 @@ differential, on the real rule set."""
 
 from __future__ import annotations
 
-from service.intake import parse_encounter
-from service.presentations import load_presentations
+from service.intake.parse import parse_encounter
+from service.knowledge.presentations import load_presentations
 
 
 def ask(evaluator, body):

@@ -3,9 +3,9 @@ far each question could still raise the tier. Requests that use none of it are u
 
 from __future__ import annotations
 
-from service.intake import parse_encounter
-from service.knowledge import TIER_RANK
-from service.presentations import load_presentations
+from service.intake.parse import parse_encounter
+from service.knowledge.model import TIER_RANK
+from service.knowledge.presentations import load_presentations
 
 SCIATICA = [{"code": "back_pain"}, {"code": "pain_shooting_buttock_to_thigh"}]
 

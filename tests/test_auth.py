@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from service import create_app
-from service.auth import AuthConfigError, load_keys
-from service.exposure import exposure_problem, is_loopback
+from service.app.exposure import exposure_problem, is_loopback
+from service.ops.auth import AuthConfigError, load_keys
 from tests.conftest import ROOT
 from tests.test_exposure import trusted_issuers
 

@@ -1,4 +1,4 @@
-"""Validation scoring per case folder (service/case_scores.py) and the blind case library."""
+"""Validation scoring per case folder (service/checks/case_scores.py) and the blind case library."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from service.__main__ import main
-from service.case_scores import BLIND_DIR, ScoredCase, load_blind_cases, rule_side_cases, score_folder
+from service.checks.case_scores import BLIND_DIR, ScoredCase, load_blind_cases, rule_side_cases, score_folder
 from service.errors import ServiceError
 
 RULES = Path(__file__).resolve().parent.parent / "rules"
@@ -47,7 +47,7 @@ def _answer(tier: str, conditions: list[str], tests: list[str], flags: list[str]
 
 
 def test_scoring_counts_exact_under_over_and_tests():
-    from service.case_scores import FolderScore, _score_one
+    from service.checks.case_scores import FolderScore, _score_one
 
     s = FolderScore("x")
     expect = {"tier": "emergency", "top3": ["dvt"], "tests_include": ["d_dimer"], "tests_exclude": ["ctpa"],
@@ -65,7 +65,7 @@ def test_scoring_counts_exact_under_over_and_tests():
 
 
 def test_a_test_that_includes_another_answers_for_it(evaluator):
-    from service.case_scores import FolderScore, _score_one
+    from service.checks.case_scores import FolderScore, _score_one
 
     tests = evaluator.knowledge.tests
     assert "mri_lumbar_spine" in tests["mri_whole_spine"].includes
@@ -114,7 +114,7 @@ def test_rule_side_cases_score_perfectly(evaluator):
 
 
 def test_a_test_priority_above_the_tier_fails_the_case():
-    from service.cases import compare
+    from service.checks.cases import compare
 
     answer = {"urgency": {"tier": "soon"}, "differential": [], "tests_not_indicated": [], "red_flags": [],
               "advice": [], "provenance": [], "recommended_tests": [{"test": "ctpa", "priority": "stat"}]}

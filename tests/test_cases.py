@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from service.cases import compare, run_cases
+from service.checks.cases import compare, run_cases
+from service.checks.lint import lint
 from service.config import DEFAULT_RULES_DIR
-from service.intake import parse_encounter
-from service.lint import lint
-from service.loader import load_knowledge
+from service.intake.parse import parse_encounter
+from service.knowledge.loader import load_knowledge
 
 CASES = load_knowledge(DEFAULT_RULES_DIR).cases
 

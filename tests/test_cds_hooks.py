@@ -35,16 +35,16 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
 from service import create_app
-from service.cds_hooks import EXTRA_KEYS, SERVICE_ID, add_feedback_listener, feedback_counts, prefetch_templates
-from service.fhir_mapping import LOCAL_FINDING_SYSTEM, LOINC, SNOMED, UCUM
-from service.fhir_out import (
+from service.ehr.cds_hooks import EXTRA_KEYS, SERVICE_ID, add_feedback_listener, feedback_counts, prefetch_templates
+from service.fhir.mapping import LOCAL_FINDING_SYSTEM, LOINC, SNOMED, UCUM
+from service.fhir.out import (
     CARD_TYPES,
     NON_ADHERENCE,
     OVERRIDE_REASONS,
     card_type_of,
     card_uuid,
 )
-from service.intake import parse_encounter
+from service.intake.parse import parse_encounter
 from tests.conftest import SHARED as SHARED_ROOT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -828,7 +828,7 @@ def test_card_uuids_carry_their_type():
 
 
 def test_the_summary_stays_under_140_characters(client, knowledge):
-    from service.fhir_out import summary_for
+    from service.fhir.out import summary_for
 
     answer = {"urgency": {"tier": "emergency"}, "red_flags": [{"display": "x" * 300}], "differential": []}
     text = summary_for(answer)
@@ -840,7 +840,7 @@ def test_the_summary_stays_under_140_characters(client, knowledge):
 
 @pytest.fixture()
 def counts_reset():
-    from service.cds_hooks import FEEDBACK
+    from service.ehr.cds_hooks import FEEDBACK
 
     FEEDBACK.reset()
     yield
@@ -1038,7 +1038,7 @@ def test_an_ambiguous_coding_is_422(knowledge):
     import dataclasses
 
     from service.errors import ValidationFailed
-    from service.knowledge import Coding
+    from service.knowledge.model import Coding
 
     shared = Coding("http://example.org/shared", "42")
     changed = dict(knowledge.findings)

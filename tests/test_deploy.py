@@ -219,7 +219,7 @@ def test_containerfile_runs_as_non_root_with_a_health_check():
 
 def exposed_names(client) -> set[str]:
     """Every metric name /metrics can expose, including histogram series."""
-    from service import metrics
+    from service.ops import metrics
 
     metrics.record_cds_feedback("accepted", "urgency-urgent")
     client.post("/v1/evaluations", json={"findings": []})
@@ -258,7 +258,7 @@ def test_dashboard_is_importable_grafana_json():
 
 def test_the_deployment_is_not_exposed_without_authentication(manifests):
     """Bound to 0.0.0.0, the pod must carry API keys and trusted issuers, from a Secret the
-    operator creates (service/auth.py refuses to start otherwise)."""
+    operator creates (service/ops/auth.py refuses to start otherwise)."""
     dep = manifests["Deployment"]
     env = env_of(dep)
     assert env["CDS_BIND"].startswith("0.0.0.0:")
@@ -274,7 +274,7 @@ def test_the_deployment_is_not_exposed_without_authentication(manifests):
 def test_the_deployment_sets_the_public_base_url_for_jwt_audiences(manifests):
     """With trusted issuers the service refuses to start without CDS_HOOKS_BASE_URL (the JWT
     audience is never taken from the request's Host header)."""
-    from service.cds_hooks import public_base_url
+    from service.ehr.cds_hooks import public_base_url
 
     env = env_of(manifests["Deployment"])
     assert "CDS_HOOKS_TRUSTED_ISSUERS" in env
@@ -286,7 +286,7 @@ def test_the_image_tag_is_the_service_version_everywhere():
     from service import __version__
 
     found: dict[str, set[str]] = {}
-    for rel in ("README.md", "deploy/Containerfile", "deploy/k8s/deployment.yaml"):
+    for rel in ("docs/operators.md", "deploy/Containerfile", "deploy/k8s/deployment.yaml"):
         tags = re.findall(r"legpain-cds:(\d+\.\d+\.\d+\S*)", (ROOT / rel).read_text())
         assert tags, f"{rel} names no legpain-cds:<tag>"
         found[rel] = set(tags)

@@ -1,5 +1,5 @@
 """Regression tests for the durable-rules hazards (shared/notes/durable-rules.md, H1..H12 in
-service/engine.py). Each test fails or crashes without the guard it names. Hazards that kill
+service/reasoning/engine.py). Each test fails or crashes without the guard it names. Hazards that kill
 the process are run in a subprocess so that a crash fails one test rather than the suite."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import tomllib
 
 import pytest
 
-from service import engine as engine_mod
-from service.engine import Engine, Fact, fact_payload, normalise_number
 from service.errors import EngineError
+from service.reasoning import engine as engine_mod
+from service.reasoning.engine import Engine, Fact, fact_payload, normalise_number
 from tests.conftest import MINI_RULES, ROOT
 
 
@@ -62,8 +62,8 @@ def test_h1_raw_engine_crashes_deleting_a_session_where_no_action_ran():
 
 def test_h1_adapter_survives_evaluations_where_no_rule_fires():
     proc = run_py(f"""
-        from service.loader import load_knowledge
-        from service.engine import Engine, Fact
+        from service.knowledge.loader import load_knowledge
+        from service.reasoning.engine import Engine, Fact
         e = Engine(load_knowledge({str(MINI_RULES)!r}))
         for _ in range(200):
             assert e.evaluate([Fact('finding', 'unused')]).firings == ()
@@ -222,7 +222,7 @@ def test_h9_exponent_thresholds_are_refused_at_load(tmp_path):
     import shutil
 
     from service.errors import RuleLoadError
-    from service.loader import load_knowledge
+    from service.knowledge.loader import load_knowledge
 
     shutil.copytree(MINI_RULES, tmp_path / "r")
     rules = tmp_path / "r" / "domains" / "mini.yaml"
@@ -284,8 +284,8 @@ def test_h10_engine_rejection_messages_are_not_passed_on(eng, monkeypatch):
 
 UTC_WARNING = "datetime.datetime.utcfromtimestamp() is deprecated"
 EVALUATE_MINI = f"""
-    from service.loader import load_knowledge
-    from service.engine import Engine, Fact
+    from service.knowledge.loader import load_knowledge
+    from service.reasoning.engine import Engine, Fact
     result = Engine(load_knowledge({str(MINI_RULES)!r})).evaluate([Fact("finding", "a"), Fact("finding", "b")])
     print(sorted(f.rule_id for f in result.firings))
 """
@@ -321,7 +321,7 @@ def test_h12_the_pytest_filter_names_exactly_that_message_and_module():
     assert len(ignored) == 1
     _, message, category, module = ignored[0].split(":")
     assert re.match(message, UTC_WARNING) and category == "DeprecationWarning"
-    assert re.fullmatch(module, "durable.engine") and not re.fullmatch(module, "service.engine")
+    assert re.fullmatch(module, "durable.engine") and not re.fullmatch(module, "service.reasoning.engine")
 
 
 def test_h12_requires_python_admits_every_version_the_suite_runs_on():
@@ -380,7 +380,7 @@ NESTED = """
 
 @pytest.fixture(scope="module")
 def nested_engine(tmp_path_factory):
-    from service.loader import load_knowledge
+    from service.knowledge.loader import load_knowledge
     from tests.conftest import mini_rules_with
 
     return Engine(load_knowledge(mini_rules_with(tmp_path_factory.mktemp("nested") / "rules", NESTED)))

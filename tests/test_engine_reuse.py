@@ -1,4 +1,4 @@
-"""One engine state reused by every evaluation (service/engine.py) gives exactly the answers of
+"""One engine state reused by every evaluation (service/reasoning/engine.py) gives exactly the answers of
 a fresh durable-rules session per evaluation: the adapter as it was before
 (tests/reference/engine_fresh_session.py). Long shuffled sequences of evaluations run through
 one state; every answer is compared with the reference's, so anything left behind by one
@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from service import engine as engine_mod
 from service.config import DEFAULT_RULES_DIR
-from service.engine import Engine, EngineResult, Fact
 from service.errors import EngineError, ServiceError
-from service.evaluation import Evaluator
-from service.intake import parse_encounter
-from service.knowledge import Knowledge
-from service.loader import load_knowledge
+from service.intake.parse import parse_encounter
+from service.knowledge.loader import load_knowledge
+from service.knowledge.model import Knowledge
+from service.reasoning import engine as engine_mod
+from service.reasoning.engine import Engine, EngineResult, Fact
+from service.reasoning.evaluation import Evaluator
 from tests.reference import engine_fresh_session as reference
 
 # LEGPAIN_REUSE_N raises the count for a longer run by hand (e.g. 100000); the suite stays quick.

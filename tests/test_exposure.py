@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from service import create_app
-from service.exposure import ExposureRefused, exposure_problem
+from service.app.exposure import ExposureRefused, exposure_problem
 from tests.ops_support import ROOT, free_port, port_answers, stop
 
 KEY = "exposure-test-key-0123456789abcdef"

@@ -1,4 +1,4 @@
-"""The validation fast path (service/fast_intake.py, msgspec) against the marshmallow schema it
+"""The validation fast path (service/intake/fast.py, msgspec) against the marshmallow schema it
 stands in for: over generated bodies, valid and broken, `parse_encounter` must give the same
 encounter, or the same error (status, detail and every error entry), as the schema alone."""
 
@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import intake
 from service.config import DEFAULT_RULES_DIR
 from service.errors import ServiceError
-from service.fast_intake import fast_load
-from service.knowledge import SEXES
-from service.loader import load_knowledge
-from service.schemas import LATERALITIES
+from service.intake import parse as intake
+from service.intake.fast import fast_load
+from service.intake.schemas import LATERALITIES
+from service.knowledge.loader import load_knowledge
+from service.knowledge.model import SEXES
 
 K = load_knowledge(DEFAULT_RULES_DIR)
 FINDINGS = sorted(K.findings.values(), key=lambda f: f.code)

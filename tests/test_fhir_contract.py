@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from service import create_app
-from service.cds_hooks import ALL_KEYS, prefetch_templates
+from service.ehr.cds_hooks import ALL_KEYS, prefetch_templates
 from tests.fhir_servers import SEKMET_BIN, TOKEN, SekmetServer, StubFhir
 from tests.records import RECORDS, matches
 

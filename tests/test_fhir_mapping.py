@@ -1,4 +1,4 @@
-"""FHIR R4 -> findings: the mapping rules of service/fhir_mapping.py, one by one.
+"""FHIR R4 -> findings: the mapping rules of service/fhir/mapping.py, one by one.
 
 Standard codings are read from the loaded vocabulary at test time (the clinical data engineer
 adds codes; existing local codes are never renamed), everything else uses the local code
@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from service.fhir_mapping import (
+from service.fhir.mapping import (
     LOCAL_CHOICE_SYSTEM,
     LOCAL_FINDING_SYSTEM,
     SNOMED,
@@ -26,7 +26,7 @@ from service.fhir_mapping import (
     prefetch_code_filter,
     ucum_unit,
 )
-from service.knowledge import Coding
+from service.knowledge.model import Coding
 
 NOW = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
 TODAY = "2025-01-10T09:00:00Z"

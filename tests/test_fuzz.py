@@ -12,9 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engine import Engine, Fact
 from service.errors import EngineError, RuleLoadError
-from service.loader import load_knowledge
+from service.knowledge.loader import load_knowledge
+from service.reasoning.engine import Engine, Fact
 from tests.conftest import MINI_RULES
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

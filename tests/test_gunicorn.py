@@ -20,9 +20,9 @@ from typing import IO, Any
 import pytest
 import requests
 
-from service.cases import compare
+from service.checks.cases import compare
 from service.config import DEFAULT_RULES_DIR
-from service.loader import load_knowledge
+from service.knowledge.loader import load_knowledge
 from tests.ops_support import GUNICORN, ROOT, free_port, port_answers
 
 pytestmark = pytest.mark.slow
@@ -237,7 +237,7 @@ def test_liveness(server: Server) -> None:
 
 def test_openapi_json(server: Server) -> None:
     if not EXAMPLE_REQUEST.exists():
-        # service/openapi.py builds the example response from this file: without it the
+        # service/app/openapi.py builds the example response from this file: without it the
         # endpoint answers 500, which says nothing about the server under test.
         pytest.skip(f"{EXAMPLE_REQUEST.relative_to(ROOT)} does not exist yet (/openapi.json needs it)")
     r = server.http.get(server.url + "/openapi.json", timeout=30)

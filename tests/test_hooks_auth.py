@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jsonschema import Draft202012Validator, FormatChecker
 
 from service import create_app
-from service.hooks_auth import (
+from service.ehr.hooks_auth import (
     AuthenticationFailed,
     Authenticator,
     HooksConfigError,

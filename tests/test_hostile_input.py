@@ -16,7 +16,7 @@ import pytest
 from markdown_it import MarkdownIt
 from test_cds_hooks import SERVICE, check_outcome, dvt_request
 
-from service.fhir_out import _md
+from service.fhir.out import _md
 
 RENDER = MarkdownIt("commonmark").enable("table")
 

@@ -16,11 +16,11 @@ import orjson
 import pytest
 
 from service import create_app
-from service.cds_hooks import SERVICE_ID
+from service.ehr.cds_hooks import SERVICE_ID
 from service.errors import RuleLoadError
-from service.fhir_ids import is_fhir_id
-from service.fhir_mapping import FhirInputError, parse_fhir_datetime
-from service.loader import load_knowledge
+from service.fhir.ids import is_fhir_id
+from service.fhir.mapping import FhirInputError, parse_fhir_datetime
+from service.knowledge.loader import load_knowledge
 from tests.conftest import mini_rules_with
 
 SERVICE = f"/cds-services/{SERVICE_ID}"

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from service import create_app
-from service.hooks_auth import HooksConfigError
+from service.ehr.hooks_auth import HooksConfigError
 from tests.ops_support import ROOT, free_port
 from tests.test_exposure import clean_env, run_until_exit
 

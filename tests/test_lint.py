@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.evaluation import Evaluator
-from service.lint import lint
-from service.loader import load_knowledge
+from service.checks.lint import lint
+from service.knowledge.loader import load_knowledge
+from service.reasoning.evaluation import Evaluator
 from tests.conftest import MINI_RULES, mini_rules_with
 
 RULE = """

@@ -9,7 +9,7 @@ import pytest
 
 from service import create_app
 from service.errors import RuleLoadError
-from service.loader import load_knowledge, ruleset_sha256
+from service.knowledge.loader import load_knowledge, ruleset_sha256
 from tests.conftest import MINI_RULES
 
 GOOD_RULE = """

@@ -15,8 +15,8 @@ from typing import Any
 import ops_support
 import pytest
 
-from service import logs
 from service.errors import RuleLoadError
+from service.ops import logs
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENCOUNTER = "ZZ-SECRET-ENC-991"

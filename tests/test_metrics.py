@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import metrics
-from service.knowledge import TIER_RANK
-from service.logs import METHODS, UNMATCHED_ROUTE, route_template
+from service.knowledge.model import TIER_RANK
+from service.ops import metrics
+from service.ops.logs import METHODS, UNMATCHED_ROUTE, route_template
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "legpain_cds_"
@@ -143,7 +143,8 @@ def test_route_template_normalisation():
 # other rule sets the suite loads (fixtures), which are closed sets of their own.
 _POST_DISTINCTIVE_VALUES = r"""
 import json, sys
-from service import create_app, metrics
+from service import create_app
+from service.ops import metrics
 out_path = sys.argv[1]
 app = create_app({"TESTING": True})
 client = app.test_client()
@@ -238,9 +239,9 @@ def test_record_cds_feedback(client):
 
 
 def test_card_types_are_those_the_cds_hooks_service_issues():
-    fhir_out = pytest.importorskip("service.fhir_out")
+    fhir_out = pytest.importorskip("service.fhir.out")
     issued = set(getattr(fhir_out, "CARD_TYPES", ()))
-    assert issued, "service.fhir_out.CARD_TYPES is gone: update metrics.CARD_TYPES"
+    assert issued, "service.fhir.out.CARD_TYPES is gone: update metrics.CARD_TYPES"
     assert issued <= metrics.CARD_TYPES, sorted(issued - metrics.CARD_TYPES)
 
 
@@ -254,7 +255,7 @@ def test_every_validation_reason_in_the_source_is_known():
     """A new `FieldError(pointer, "reason", ...)` in service/ must be added to
     metrics.VALIDATION_REASONS, or it is counted as `other`."""
     found: dict[str, str] = {}
-    for path in sorted((ROOT / "service").glob("*.py")):
+    for path in sorted((ROOT / "service").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "FieldError"
@@ -262,7 +263,7 @@ def test_every_validation_reason_in_the_source_is_known():
                 found[node.args[1].value] = path.name
     assert found, "no FieldError(...) calls found: has the validation moved?"
     unknown = {r: f for r, f in found.items() if r not in metrics.VALIDATION_REASONS}
-    assert not unknown, f"add these reasons to service/metrics.py VALIDATION_REASONS: {unknown}"
+    assert not unknown, f"add these reasons to service/ops/metrics.py VALIDATION_REASONS: {unknown}"
 
 
 def test_promtool_check_metrics_passes(client):

@@ -2,7 +2,7 @@
 merged, not left behind (issue 14, point 3).
 
 prometheus_client mmaps sparse files; on a full tmpfs the first write to such a page killed the
-worker with SIGBUS. The files are now preallocated (service/metrics_files.py): a full volume is an
+worker with SIGBUS. The files are now preallocated (service/ops/metrics_files.py): a full volume is an
 OSError, the worker counts in memory, the error is logged and counted. The real test mounts a
 small tmpfs (root only; skipped otherwise), fills it, and makes gunicorn start a worker on it.
 """
@@ -23,8 +23,8 @@ import requests
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
-from service import metrics_files
-from service.metrics_files import PreallocatedMmapedDict, archive_dead, prepare_directory
+from service.ops import metrics_files
+from service.ops.metrics_files import PreallocatedMmapedDict, archive_dead, prepare_directory
 
 # --- the pieces, without gunicorn -------------------------------------------------------------
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import yaml
 from openapi_spec_validator import validate
 
-from service.openapi import OPENAPI_DIR, build_spec, to_yaml
-from service.schemas import EvaluationRequestSchema, EvaluationResponseSchema
+from service.app.openapi import OPENAPI_DIR, build_spec, to_yaml
+from service.intake.schemas import EvaluationRequestSchema, EvaluationResponseSchema
 
 
 def test_committed_document_is_the_generated_one():

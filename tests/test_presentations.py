@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from service.errors import RuleLoadError
-from service.intake import parse_encounter
-from service.interview import PAIN_SITES, complaints, opening_codes
-from service.presentations import load_presentations
+from service.intake.parse import parse_encounter
+from service.knowledge.presentations import load_presentations
+from service.web.interview import PAIN_SITES, complaints, opening_codes
 
 
 def _ask(evaluator, findings, limit=200):

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.config import DEFAULT_RULES_DIR
-from service.evaluation import Evaluator
-from service.intake import parse_encounter
-from service.knowledge import TIER_RANK, Finding
-from service.loader import load_knowledge
+from service.intake.parse import parse_encounter
+from service.knowledge.loader import load_knowledge
+from service.knowledge.model import TIER_RANK, Finding
+from service.reasoning.evaluation import Evaluator
 
 KNOWLEDGE = load_knowledge(DEFAULT_RULES_DIR)
 EVALUATOR = Evaluator(KNOWLEDGE)

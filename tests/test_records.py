@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
 
 from service import create_app
-from service.fhir_out import card_type_of
+from service.fhir.out import card_type_of
 from tests.records import KIND, NOW, RECORDS, Record, matches, read_all, score
 
 SERVICE = "/cds-services/leg-pain-triage"

@@ -23,8 +23,8 @@ import pytest
 import requests
 from test_hooks_auth import EC_KEY, ISS_EC, REQUEST, SERVICE, public_jwk, token
 
-from service.hooks_auth import AuthenticationFailed, Authenticator, load_issuers
-from service.replay_store import RedisReplayStore, ReplayStoreError, SqliteReplayStore
+from service.ehr.hooks_auth import AuthenticationFailed, Authenticator, load_issuers
+from service.ehr.replay_store import RedisReplayStore, ReplayStoreError, SqliteReplayStore
 
 SENDS = 20
 PUBLIC = "https://cds.example.org"  # CDS_HOOKS_BASE_URL: the audience every instance checks
@@ -76,7 +76,7 @@ def test_an_unreachable_store_refuses_the_token(tmp_path):
 
 def test_an_unusable_sqlite_path_stops_the_service_naming_the_variable(tmp_path):
     from service import create_app
-    from service.replay_store import ReplayStoreConfigError
+    from service.ehr.replay_store import ReplayStoreConfigError
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from service import create_app
+from service.checks.lint import lint
+from service.checks.self_check import SelfCheckError, run_self_check
 from service.config import DEFAULT_RULES_DIR
 from service.errors import RuleLoadError
-from service.evaluation import Evaluator
-from service.lint import lint
-from service.loader import load_knowledge
-from service.self_check import SelfCheckError, run_self_check
+from service.knowledge.loader import load_knowledge
+from service.reasoning.evaluation import Evaluator
 from tests.conftest import MINI_RULES
 from tests.ops_support import GUNICORN, ROOT, free_port, gunicorn_env, port_answers, stop
 

@@ -11,10 +11,10 @@ evaluation: the clinical cases, every rule id and valid CDS Hooks calls are sent
 the same checks, so that the 200 answers are validated against the document too.
 
 Two findings of this suite were fixed and are pinned by the tests at the end:
-  * 405 answers carried no `Allow` header (RFC 9110 15.5.6): service/problems.py built a fresh
+  * 405 answers carried no `Allow` header (RFC 9110 15.5.6): service/ops/problems.py built a fresh
     problem response for werkzeug's MethodNotAllowed and dropped its headers.
   * The document's `FindingInput.value` string branch had no length bounds, while the service
-    refuses a choice code outside 1..64 characters (service/schemas.py, NumberOrChoice).
+    refuses a choice code outside 1..64 characters (service/intake/schemas.py, NumberOrChoice).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ BOUNDED = settings(
 # The document describes these request bodies but cannot model everything the service checks:
 # finding codes, units, ranges and choices come from the vocabulary (GET /v1/findings) and are
 # refused with a documented 422; CDS Hooks bodies are "described, not modelled" (CDS Hooks 2.0
-# defines them; service/cds_hooks.py openapi_paths) and refused with a documented 400 / 412.
+# defines them; service/ehr/cds_hooks.py openapi_paths) and refused with a documented 400 / 412.
 # So "schema-valid data must be accepted" (positive_data_acceptance) cannot hold there; the
 # answers themselves are still checked against the document by every other check.
 VOCABULARY_CHECKED = {
@@ -62,11 +62,11 @@ VOCABULARY_CHECKED = {
 }
 
 ALLOW_HEADER_BUG = (
-    "405 answers have no Allow header (RFC 9110 15.5.6): service/problems.py _http_error maps werkzeug's "
+    "405 answers have no Allow header (RFC 9110 15.5.6): service/ops/problems.py _http_error maps werkzeug's "
     "MethodNotAllowed to a fresh problem+json Response and drops err.get_headers() (the Allow header)"
 )
 VALUE_LENGTH_GAP = (
-    "openapi.yaml FindingInput.value oneOf string has no minLength/maxLength, but service/schemas.py "
+    "openapi.yaml FindingInput.value oneOf string has no minLength/maxLength, but service/intake/schemas.py "
     "NumberOrChoice refuses a choice code outside 1..64 characters (422): the document accepts \"\""
 )
 

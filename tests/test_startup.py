@@ -1,4 +1,4 @@
-"""First-run mistakes get one line that says what to change (service/startup.py): a port
+"""First-run mistakes get one line that says what to change (service/app/startup.py): a port
 already in use, a malformed API key or issuer list. Run as a user would: `python -m service
 serve`, and gunicorn with the deploy config as the container runs it."""
 
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from service.startup import config_problem, port_problem, split_bind
+from service.app.startup import config_problem, port_problem, split_bind
 from tests.conftest import MINI_RULES, ROOT
 from tests.ops_support import GUNICORN, free_port
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from service.ui import TOPICS
+from service.web.ui import TOPICS
 
 
 class Page(HTMLParser):

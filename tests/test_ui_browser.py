@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.config import DEFAULT_RULES_DIR
-from service.loader import load_knowledge
+from service.knowledge.loader import load_knowledge
 from tests.test_gunicorn import GUNICORN, ROOT, free_port, server_env, stop, wait_ready
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from service.config import DEFAULT_RULES_DIR
-from service.interview import PAIN_SITES, opening_codes
-from service.loader import load_knowledge
+from service.knowledge.loader import load_knowledge
+from service.web.interview import PAIN_SITES, opening_codes
 from tests import test_ui_browser as ui
 from tests.test_ui_browser import ARTIFACTS, CASES, ROOT
 

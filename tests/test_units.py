@@ -1,10 +1,10 @@
-"""UCUM conversion through the units library (service/units.py), and the two guards it adds."""
+"""UCUM conversion through the units library (service/fhir/units.py), and the two guards it adds."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.units import convert, describe
+from service.fhir.units import convert, describe
 
 
 @pytest.mark.parametrize(("value", "source", "target", "expected"), [

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service import valuesets
-from service.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, icd10cm_ok, loinc_ok, rxnorm_ok, snomed_ok
+from service.knowledge import valuesets
+from service.knowledge.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, icd10cm_ok, loinc_ok, rxnorm_ok, snomed_ok
 
 VOCABULARY = Path(__file__).resolve().parents[1] / "rules" / "vocabulary.yaml"
 

@@ -1,5 +1,5 @@
 """Vocabulary 0.3.1: bundled findings split into atomic ones, the old codes kept as deprecated
-umbrellas (service/aliases.py). An old code must give the same answer as its atoms, be named
+umbrellas (service/reasoning/aliases.py). An old code must give the same answer as its atoms, be named
 in deprecated_codes_used, and never be asked."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from service import aliases, valuesets
-from service.evaluation import Encounter
-from service.intake import parse_encounter
-from service.lint import finding_codes
-from service.loader import RuleLoadError, load_knowledge
+from service.checks.lint import finding_codes
+from service.intake.parse import parse_encounter
+from service.knowledge import valuesets
+from service.knowledge.loader import RuleLoadError, load_knowledge
+from service.reasoning import aliases
+from service.reasoning.encounter import Encounter
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_CODES = {
@@ -257,7 +258,7 @@ def test_the_shipped_vocabulary_codes_pass_lint(knowledge):
 def test_lint_catches_a_bad_check_digit_a_code_of_the_wrong_kind_and_a_value_set_disagreement(knowledge):
     from dataclasses import replace
 
-    from service.knowledge import Coding
+    from service.knowledge.model import Coding
 
     findings = dict(knowledge.findings)
     sct, lnc = "http://snomed.info/sct", "http://loinc.org"

@@ -1,8 +1,8 @@
-"""The engine adapter as it was before the state was reused (git 77bb374, service/engine.py),
+"""The engine adapter as it was before the state was reused (git 77bb374, service/reasoning/engine.py),
 kept unchanged below this docstring as the reference for tests/test_engine_reuse.py: a fresh
 durable-rules session per evaluation, driven through durable's own Host, every input fact
 asserted. The service must give exactly these answers. Test code only: never imported by the
-service (which keeps service/engine.py as its only durable-rules importer).
+service (which keeps service/reasoning/engine.py as its only durable-rules importer).
 """
 # ruff: noqa
 
@@ -22,7 +22,7 @@ from typing import Any
 from durable import engine as _dr
 
 from service.errors import EngineError
-from service.knowledge import Group, Knowledge, Leaf, Rule
+from service.knowledge.model import Group, Knowledge, Leaf, Rule
 
 # Fact type tags, kept short: the engine compares them on every match.
 T_START, T_PATIENT, T_FINDING, T_FACT, T_SCORE = "__start__", "p", "f", "d", "s"

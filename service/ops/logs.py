@@ -1,0 +1,226 @@
+"""Structured logs: one JSON object per line, never patient data.
+
+What is logged, and only this:
+- one `request` line per HTTP request: request id, method (closed set), route *template* (never
+  the raw path or query string), status, duration, rule set version, and the urgency tier when
+  the request evaluated something;
+- one `evaluation` line per evaluation (see `service.ops.metrics.record_evaluation`): evaluation id,
+  tier, red flag codes, top-3 condition codes, number of rules fired. Codes come from the loaded
+  rule set, never from the request;
+- gunicorn's own messages (start-up, workers, signals), reformatted as JSON by `GunicornLogger`.
+
+Never logged: bodies, finding values, ages, encounter ids, query strings, header values other than
+a validated `X-Request-ID`, and exception messages (they can quote input): an exception is
+logged as its type and stack frames only.
+
+The request id is taken from `X-Request-ID` when it is 1-128 characters of `[A-Za-z0-9._:+=/-]`
+starting with a letter or digit; otherwise a fresh one is generated. Either way it is echoed in
+the response's `X-Request-ID` header and is on every log line written while serving the request.
+
+This module must not import prometheus_client: gunicorn imports it (logger class) before the
+multiprocess directory is known to be set.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import sys
+import time
+import traceback
+import uuid
+from typing import Any
+
+import orjson
+from flask import Flask, Response, current_app, g, has_request_context, request
+
+try:  # gunicorn is a runtime dependency, but keep `service.ops.logs` importable without it
+    from gunicorn.glogging import Logger as _GunicornLogger
+except ImportError:  # pragma: no cover
+    _GunicornLogger = object  # type: ignore[assignment,misc]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+=/-]{0,127}")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "<unmatched>"
+LOGGER = "service"  # every application logger lives under it
+request_log = logging.getLogger("service.request")
+evaluation_log = logging.getLogger("service.evaluation")
+
+# A record attribute holding the structured fields of one line (pass as extra={FIELDS: {...}}).
+FIELDS = "cds_fields"
+_CONVERTER = re.compile(r"<[^<>]*:([^<>:]+)>")
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, pid, msg, request_id, plus structured fields.
+
+    Exceptions are rendered as their type and frames (file, line, function), without the
+    message, which can quote request values.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None) or current_request_id()
+        if rid:
+            out["request_id"] = rid
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc, tb = record.exc_info
+            out["exc_type"] = exc_type.__name__
+            out["stack"] = [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(tb)]
+            if _message_is_safe(exc):
+                out["exc_message"] = str(exc)
+        return orjson.dumps(out, default=str).decode()
+
+
+def _message_is_safe(exc: BaseException | None) -> bool:
+    # Rule-set load failures name files and rules of the rule set, never request data.
+    from service.errors import RuleLoadError
+
+    return isinstance(exc, RuleLoadError)
+
+
+def configure_logging(level: str | int = "info", stream: Any = None) -> None:
+    """Give the `service` loggers one JSON handler (stdout) and the level. Idempotent: a second
+    call (another app in the same process) sets the level and adds no second handler."""
+    logger = logging.getLogger(LOGGER)
+    logger.setLevel(_level(level))
+    if any(getattr(h, "_cds_json", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler._cds_json = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    return logging.getLevelNamesMapping().get(str(level).upper(), logging.INFO)
+
+
+class GunicornLogger(_GunicornLogger):  # type: ignore[misc,valid-type]
+    """gunicorn's logger with its error log (start-up, workers, signals) written as JSON lines.
+
+    Its optional text access log (`CDS_ACCESS_LOG`) is left as configured: the JSON request
+    line written by the service supersedes it, and the container turns it off."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+            if not any(isinstance(f, WithholdRequestData) for f in handler.filters):
+                handler.addFilter(WithholdRequestData())
+
+
+class WithholdRequestData(logging.Filter):
+    """gunicorn quotes parts of a malformed request in its warnings ("Invalid request from
+    ip=...: Invalid header name '...'") and the URI with its query string when an application
+    error escapes ("Error handling request GET /path?query"). Keep the kind of error, withhold
+    what the client sent."""
+
+    _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("Invalid request from ip="):
+            record.msg = self._QUOTED.sub("'<withheld>'", msg)[:300]
+            record.args = ()
+        elif msg.startswith("Error handling request"):
+            record.msg, record.args = "Error handling request", ()
+        return True
+
+
+# --- request id and the per-request line ---------------------------------------------------
+
+
+def request_id_from(value: str | None) -> str:
+    """The client's request id if it is safe to log and echo, else a fresh one."""
+    if value and REQUEST_ID_RE.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str | None:
+    if has_request_context():
+        return g.get("request_id")
+    return None
+
+
+def route_template(rule: str | None) -> str:
+    """`/v1/<any(findings, ...):name>` -> `/v1/<name>`; no matching rule -> `<unmatched>`."""
+    if rule is None:
+        return UNMATCHED_ROUTE
+    return _CONVERTER.sub(r"<\1>", rule)
+
+
+def current_route() -> str:
+    rule = request.url_rule
+    return route_template(rule.rule if rule is not None else None)
+
+
+def current_method() -> str:
+    return request.method if request.method in METHODS else "OTHER"
+
+
+def request_started() -> float:
+    return g.get("cds_started") or time.perf_counter()
+
+
+def set_tier(tier: str) -> None:
+    """Called when the request evaluated something: the tier goes on the request line."""
+    if has_request_context():
+        g.cds_tier = tier
+
+
+def init_app(app: Flask) -> None:
+    configure_logging(app.config.get("LOG_LEVEL", "info"))
+
+    @app.before_request
+    def _start() -> None:
+        g.cds_started = time.perf_counter()
+        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        rid = g.get("request_id") or request_id_from(None)
+        response.headers[REQUEST_ID_HEADER] = rid
+        if request_log.isEnabledFor(logging.INFO):
+            fields: dict[str, Any] = {
+                "event": "request",
+                "method": current_method(),
+                "route": current_route(),
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - request_started()) * 1000, 3),
+                "ruleset_version": _ruleset_version(),
+            }
+            tier = g.get("cds_tier")
+            if tier:
+                fields["tier"] = tier
+            request_log.info("request", extra={FIELDS: fields, "request_id": rid})
+        return response
+
+
+def _ruleset_version() -> str | None:
+    evaluator = current_app.extensions.get("evaluator")
+    return evaluator.knowledge.version if evaluator is not None else None
+
+
+def log_evaluation(fields: dict[str, Any]) -> None:
+    if evaluation_log.isEnabledFor(logging.INFO):
+        evaluation_log.info("evaluation", extra={FIELDS: {"event": "evaluation", **fields}})
