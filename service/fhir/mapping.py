@@ -136,7 +136,11 @@ def findings_for_coding(k: Knowledge, system: str, code: str) -> tuple[str, ...]
 def prefetch_code_filter(k: Knowledge) -> str:
     """The `code=` value of the prefetch templates: every coding the vocabulary maps, plus the
     whole local system (`system|` matches any code in it)."""
-    codes = sorted(f"{system}|{code}" for system, code in coding_index(k))
+    # History findings (conditions, procedures, medicines) come from their own templates
+    # (Condition, Procedure, MedicationRequest); leaving their codes out keeps this URL under
+    # the 2,000 characters the CDS Hooks query rules allow.
+    codes = sorted(f"{system}|{code}" for (system, code), found in coding_index(k).items()
+                   if any(k.findings[f].topic != "history" for f in found))
     return ",".join([*codes, f"{LOCAL_FINDING_SYSTEM}|"])
 
 
