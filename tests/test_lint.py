@@ -131,3 +131,19 @@ def test_lint_says_when_it_skips_the_source_document_check(tmp_path):
     errors, warnings = lint_with(tmp_path / "b", "{all: [{finding: a}]}", sources_dir=present)
     assert not any(w.startswith("skipped the source-document check") for w in warnings)
     assert not any("source src-000" in e for e in errors)
+
+
+def test_a_code_on_two_findings_is_an_error(knowledge):
+    import dataclasses
+
+    from service.checks.lint import _one_finding_per_coding
+
+    shared = knowledge.findings["active_cancer"].codes[0]
+    changed = dict(knowledge.findings)
+    changed["cancer_history"] = dataclasses.replace(changed["cancer_history"], codes=(shared,))
+    errors: list[str] = []
+    _one_finding_per_coding(dataclasses.replace(knowledge, findings=changed), errors)
+    assert errors == [f"vocabulary: {shared.system}|{shared.code} is a code of both active_cancer and cancer_history"]
+    errors = []
+    _one_finding_per_coding(knowledge, errors)
+    assert errors == []

@@ -56,6 +56,7 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
 
     _self_check_coverage(k, errors)
     _value_sets(k, errors)
+    _one_finding_per_coding(k, errors)
     report = run_cases(evaluator)
     for case_id, failures in report.failures.items():
         errors.extend(f"case {case_id}: {f}" for f in failures)
@@ -63,6 +64,17 @@ def lint(evaluator: Evaluator, sources_dir: Path | None = SHARED_SOURCES) -> tup
         if rule.id not in report.rules_fired:
             warnings.append(f"{rule.file} rule {rule.id} is fired by no clinical case")
     return errors, warnings
+
+
+def _one_finding_per_coding(k: Knowledge, errors: list[str]) -> None:
+    """A coding on two findings makes a record's code ambiguous: the FHIR mapping then reads
+    neither (it never guesses), so the fact is silently lost."""
+    seen: dict[tuple[str, str], str] = {}
+    for finding in k.findings.values():
+        for c in finding.codes:
+            first = seen.setdefault((c.system, c.code), finding.code)
+            if first != finding.code:
+                errors.append(f"vocabulary: {c.system}|{c.code} is a code of both {first} and {finding.code}")
 
 
 def _value_sets(k: Knowledge, errors: list[str]) -> None:
