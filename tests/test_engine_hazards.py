@@ -411,3 +411,16 @@ def test_any_nested_in_all(nested_engine, facts, expected):
 )
 def test_group_inside_all(nested_engine, facts, expected):
     assert ("mini.group_in_all" in fired(nested_engine.evaluate(facts))) is expected
+
+
+@pytest.mark.parametrize("bruise", ["mild", "moderate"])
+def test_h15_a_choice_list_inside_any_matches_each_of_its_values(evaluator, bruise):
+    # muscle.strain.grade2: any of weakness, limping or thigh_bruising in [mild, moderate]
+    from service.intake.parse import parse_encounter
+
+    body = {"patient": {"age": 25, "sex": "male"},
+            "findings": [{"code": "sudden_onset_during_sport"}, {"code": "thigh_muscle_tenderness"},
+                         {"code": "thigh_bruising", "value": bruise}]}
+    answer = evaluator.evaluate(parse_encounter(evaluator.knowledge, body))
+    assert "muscle.strain.grade2" in [r["rule"] for r in answer["urgency"]["reasons"]]
+    assert answer["urgency"]["tier"] == "soon"

@@ -38,6 +38,9 @@ H12 Python 3.13 removed `PyEval_CallObject`, which its C code calls: scripts/set
     in every action; the adapter no longer goes through that layer, so no evaluation warns.
     pytest still ignores exactly that DeprecationWarning from `durable.engine` (pyproject.toml)
     for the tests that show the raw engine's hazards through durable's own Host.
+H15 a `$or` of choices inside an `$any` alternative never matches: `_alternatives` gives each
+    value of a multi-value `in` leaf its own alternative (found in rule set 0.3.1, when
+    muscle.strain.grade2 read `thigh_bruising in [mild, moderate]` and stopped firing).
 
 Only findings that some positive rule leaf can match are asserted (`Engine.relevant`); the
 others could only reach the sink rule. Each fact's JSON is written once (`fact_json`).
@@ -51,6 +54,7 @@ inside this module's error handling.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -297,6 +301,12 @@ def _alternatives(items: Iterable[Leaf | Group], prefix: str) -> list[dict[str, 
             out.append({f"{prefix}a{n}$all": _patterns(item.items, f"{prefix}a{n}_")})
         elif isinstance(item, Group):
             out.extend(_alternatives(item.items, f"{prefix}a{n}_"))
+        elif len(item.values) > 1:
+            # H15: a `$or` of choices inside an `$any` alternative never matches in the engine
+            # (measured: `any: [{finding: thigh_bruising, in: [mild, moderate]}]` fired for
+            # neither value). An alternative per value says the same and does match.
+            for m, value in enumerate(item.values):
+                out.extend(_patterns([dataclasses.replace(item, values=(value,))], f"{prefix}a{n}v{m}_"))
         else:
             out.extend(_patterns([item], f"{prefix}a{n}_"))
     return out

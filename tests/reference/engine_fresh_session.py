@@ -9,6 +9,7 @@ service (which keeps service/reasoning/engine.py as its only durable-rules impor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -223,6 +224,12 @@ def _alternatives(items: Iterable[Leaf | Group], prefix: str) -> list[dict[str, 
             out.append({f"{prefix}a{n}$all": _patterns(item.items, f"{prefix}a{n}_")})
         elif isinstance(item, Group):
             out.extend(_alternatives(item.items, f"{prefix}a{n}_"))
+        elif len(item.values) > 1:
+            # H15: a `$or` of choices inside an `$any` alternative never matches in the engine
+            # (measured: `any: [{finding: thigh_bruising, in: [mild, moderate]}]` fired for
+            # neither value). An alternative per value says the same and does match.
+            for m, value in enumerate(item.values):
+                out.extend(_patterns([dataclasses.replace(item, values=(value,))], f"{prefix}a{n}v{m}_"))
         else:
             out.extend(_patterns([item], f"{prefix}a{n}_"))
     return out
