@@ -10,7 +10,8 @@ together. Each case is asked as the page asks it: age and sex first (not counted
    complaints and pain sites the case holds as present are ticked (and "both legs" when it
    holds pain or numbness in both legs: SAID_AS). It counts as one question,
    asked of every case, whatever the case holds; an item the case does not hold is not ticked
-   (which is not a denial);
+   (which is not a denial); a case written with an old bundled code (vocabulary 0.3.1) says
+   that code when one of its atoms is an item, as it answers a later question on an atom;
 2. then one question at a time, always the top finding question of ask_next (the page shows
    its first three; the presentations' red-flag screens first). The replay never looks at the
    case to choose a question: only to answer the one asked. A question the case does not hold
