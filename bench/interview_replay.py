@@ -10,7 +10,8 @@ together. Each case is asked as the page asks it: age and sex first (not counted
    complaints and pain sites the case holds as present are ticked (and "both legs" when it
    holds pain or numbness in both legs: SAID_AS). It counts as one question,
    asked of every case, whatever the case holds; an item the case does not hold is not ticked
-   (which is not a denial);
+   (which is not a denial); a case written with an old bundled code (vocabulary 0.3.1) says
+   that code when one of its atoms is an item, as it answers a later question on an atom;
 2. then one question at a time, always the top finding question of ask_next (the page shows
    its first three; the presentations' red-flag screens first). The replay never looks at the
    case to choose a question: only to answer the one asked. A question the case does not hold
@@ -100,12 +101,17 @@ def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
             if code not in held and any(n in held and held[n].get("present", True) is True for n in narrower)}
     opened = [held.get(c, {"code": c}) for c in opening_codes(k)
               if (c in held and held[c].get("present", True) is True) or c in said]
+    # A case written with an old bundled code (vocabulary 0.3.1) answers a question on one of
+    # its atoms with that code, as the nurse would have recorded it. The opening is such a
+    # question too: a case holding "recent fracture, crush, cast or long lie" says it there
+    # (its atoms are opening items), sent as the case's own code, never as an atom it may not hold.
+    umbrella_of = {a: c for c in held if k.findings[c].deprecated for a in k.findings[c].replaced_by}
+    offered = set(opening_codes(k))
+    opened += [held[u] for u in dict.fromkeys(umbrella_of[c] for c in offered if c in umbrella_of and c not in held)
+               if held[u].get("present", True) is True]
     body["findings"].extend(opened)
     tier, questions = _tier(ev, body)
     tiers = [tier] * OPENING
-    # A case written with an old bundled code (vocabulary 0.3.1) answers a question on one of
-    # its atoms with that code, as the nurse would have recorded it.
-    umbrella_of = {a: c for c in held if k.findings[c].deprecated for a in k.findings[c].replaced_by}
     asked: list[str] = []
     while questions and len(asked) < MAX_QUESTIONS:
         if tier == final and not any(q["tier_steps"] > 0 or q["why"].startswith(LOWERS_LEAD) for q in questions):
