@@ -42,6 +42,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from service import aliases
+from service.ask_next_plan import Contribution, StaticPlan, combine
 from service.engine import EngineResult, Fact, compare, leaf_matches
 from service.knowledge import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
 from service.presentations import Presentation, load_presentations
@@ -74,10 +75,11 @@ Impact = tuple[float, float]  # (urgency, differential)
 class _Plan:
     """One rule, read once: what ask_next needs of it on every request."""
 
-    __slots__ = ("all_groups", "all_leaves", "gates", "leaves", "rule", "score")
+    __slots__ = ("all_groups", "all_leaves", "gates", "leaves", "pos", "rule", "score")
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, pos: int) -> None:
         self.rule = rule
+        self.pos = pos  # index in the rule set: credits are summed in this order
         self.leaves = rule.when.positive_leaves()
         self.all_leaves = [i for i in rule.when.all if isinstance(i, Leaf)]
         self.all_groups = [i for i in rule.when.all if isinstance(i, Group)]
@@ -98,7 +100,7 @@ class QuestionRanker:
         # The highest tier firing each rule could lead to (its own tier, its red flag's, and what
         # the facts it derives lead to): how much a question could still change the tier.
         self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
-        self.plans = [_Plan(rule) for rule in k.rules]
+        self.plans = [_Plan(rule, i) for i, rule in enumerate(k.rules)]
         self.umbrellas = aliases.umbrellas(k)  # deprecated bundled findings: asked as their atoms
         # The opening's complaints and what to ask first for each (rules/presentations.yaml).
         self.presentations: tuple[Presentation, ...] = load_presentations(k)
@@ -115,6 +117,20 @@ class QuestionRanker:
                    if sum(self.impact[p.rule.id][tier]) > 0 or p.score]
             for tier in TIER_RANK
         }
+        # Issue 18 part 2: the finding-only rules' credits when the request does not touch them,
+        # added up once per tier (service/ask_next_plan.py); a request recomputes only the rest.
+        nothing = (dict[str, Fact](), Fact("patient", "patient"), set[str](), {}, {}, frozenset[str]())
+        self.static = StaticPlan(
+            k.rules, lambda i: _assess(self.plans[i], nothing),
+            {tier: [(p.pos, u, d, bool(p.score)) for p, u, d in cands] for tier, cands in self.candidates.items()},
+            self.reach, lambda i: self.plans[i].leaves)
+        # Per tier: candidate rule index -> (its plan, urgency, differential), for touched rules.
+        self.by_pos: dict[str, dict[int, tuple[_Plan, float, float]]] = {
+            tier: {p.pos: (p, u, d) for p, u, d in cands} for tier, cands in self.candidates.items()}
+        self.always: dict[str, list[tuple[_Plan, float, float]]] = {
+            tier: [self.by_pos[tier][i] for i, _, _ in rows] for tier, rows in self.static.always.items()}
+        self.always_pos: dict[str, frozenset[int]] = {
+            tier: frozenset(i for i, _, _ in rows) for tier, rows in self.static.always.items()}
         # patient attribute -> the rules that test it (age rules cannot fire without an age)
         self.patient_rules: dict[str, list[str]] = {}
         for rule in k.rules:
@@ -135,21 +151,30 @@ class QuestionRanker:
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
         pending: dict[str, frozenset[str]] = {}
         ctx = (known, patient, derived, result.scores, pending, enc.unknown)
+        static = self.static
+        touched = static.touched(known)
+        touched |= static.touched(enc.unknown)
         for plan in self.derivers:
             if plan.rule.id not in fired:
-                needed = self._near_miss(plan, known, ctx)
+                if plan.pos in static.static and plan.pos not in touched:
+                    assessed = static.untouched[plan.pos]
+                    needed = assessed[0] if assessed else None
+                else:
+                    needed = self._near_miss(plan, known, ctx)
                 for name in plan.rule.then.derive if needed else ():
                     if name not in derived and (name not in pending or len(needed) < len(pending[name])):
                         pending[name] = needed  # type: ignore[assignment]
 
-        gains: dict[str, tuple[list[float], list[float]]] = {}
-        reasons: dict[str, list[str]] = {}
-        reach: dict[str, int] = {}  # code -> the highest tier rank a rule it could complete leads to
+        # The rules read here: those on more than input findings (or scoring), and the
+        # finding-only rules this request touches; the others' credit is in the static tables.
+        table = static.tiers[tier]
+        by_pos, always = self.by_pos[tier], self.always_pos[tier]
+        rows = self.always[tier] + [by_pos[i] for i in touched if i in by_pos and i not in always]
+        rows.sort(key=lambda row: row[0].pos)
+        gains: dict[str, list[Contribution]] = {}
         related: set[str] = set()  # could complete an urgency rule that a finding given already supports
-        alt_gains: dict[str, tuple[list[float], list[float]]] = {}
-        alt_reasons: dict[str, list[str]] = {}
-        alt_reach: dict[str, int] = {}
-        for plan, urgency, differential in self.candidates[tier]:
+        alt_gains: dict[str, list[Contribution]] = {}
+        for plan, urgency, differential in rows:
             rule = plan.rule
             if rule.id in fired:
                 continue
@@ -167,24 +192,32 @@ class QuestionRanker:
             scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
             if urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves):
                 related.update(needed)
+            c = Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top)
             # The other options of its `any` groups (only the first is in `needed`): a
             # presentation's screen may ask them (new urinary or new faecal incontinence).
             for leaf in plan.leaves:
                 if (leaf.kind == "finding" and leaf.key not in needed and leaf.key not in known
                         and leaf.key not in enc.unknown):
-                    au, ad = alt_gains.setdefault(leaf.key, ([], []))
-                    au.append(urgency * scale)
-                    ad.append(differential * scale)
-                    alt_reasons.setdefault(leaf.key, []).append(rule.id)
-                    alt_reach[leaf.key] = max(alt_reach.get(leaf.key, 0), top)
+                    alt_gains.setdefault(leaf.key, []).append(c)
             for code in needed:
-                u, d = gains.setdefault(code, ([], []))
-                u.append(urgency * scale)
-                d.append(differential * scale)
-                reasons.setdefault(code, []).append(rule.id)
-                reach[code] = max(reach.get(code, 0), top)
+                gains.setdefault(code, []).append(c)
 
-        credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
+        # The static tables, with the findings that a rule read here credits recomputed (the
+        # untouched rules' contributions and this request's, in rule order).
+        credit = dict(table.credit)
+        reasons = dict(table.reasons)
+        reach = dict(table.reach)  # code -> the highest tier rank a rule it could complete leads to
+        affected = set(gains)
+        for i in touched:
+            affected.update(table.rule_codes.get(i, ()))
+        for code in affected:
+            items = _merged(table.gains.get(code, ()), touched, gains.get(code))
+            if items:
+                credit[code], reasons[code], reach[code] = combine(items)
+            else:
+                credit.pop(code, None)
+                reasons.pop(code, None)
+                reach.pop(code, None)
         aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
         findings = [c for c in credit if c in self.k.findings]
         limit = enc.ask_next_limit
@@ -192,10 +225,10 @@ class QuestionRanker:
         # their differential, each question only while a rule it could complete is left.
         screen, between = self._priors(known, enc.unknown)
         for code in screen + between:
-            if code not in credit and code in alt_gains:
-                u, d = alt_gains[code]
-                credit[code] = (_worth(u), _worth(d))
-                reasons[code], reach[code] = alt_reasons[code], alt_reach[code]
+            if code not in credit:
+                items = _merged(table.alt.get(code, ()), touched, alt_gains.get(code))
+                if items:
+                    credit[code], reasons[code], reach[code] = combine(items)
         # Within the screens, a question that could make it an emergency before one that could
         # make it urgent (stable: the file's order otherwise).
         prior_u = sorted((c for c in screen if c in credit and credit[c][0] > 0), key=lambda c: -reach.get(c, 0))
@@ -316,7 +349,7 @@ class QuestionRanker:
             "impact": round(impact, 2),
             **change,
             "why": f"{lead}: {titles}",
-            "rules": rules,
+            "rules": list(rules),  # the static tables' lists are shared by every request
         }
 
     @staticmethod
@@ -339,6 +372,22 @@ class QuestionRanker:
                 if sum(candidate) > sum(best):
                     best = candidate
         return best[0], best[1], top
+
+
+def _merged(static: Any, touched: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
+    """One finding's contributions: the untouched rules' (static) and this request's, in rule order."""
+    items = [c for c in static if c.pos not in touched]
+    if dynamic:
+        if items:
+            items += dynamic
+            items.sort(key=_by_pos)
+        else:
+            items = dynamic
+    return items
+
+
+def _by_pos(c: Contribution) -> int:
+    return c.pos
 
 
 def _tier_change(reach: int, current: int) -> dict[str, Any]:
