@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from service import aliases
-from service.ask_next_plan import Contribution, StaticPlan, combine
+from service.ask_next_plan import Contribution, Read, StaticPlan, combine
 from service.engine import EngineResult, Fact, compare, leaf_matches
 from service.knowledge import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
 from service.presentations import Presentation, load_presentations
@@ -117,20 +117,6 @@ class QuestionRanker:
                    if sum(self.impact[p.rule.id][tier]) > 0 or p.score]
             for tier in TIER_RANK
         }
-        # Issue 18 part 2: the finding-only rules' credits when the request does not touch them,
-        # added up once per tier (service/ask_next_plan.py); a request recomputes only the rest.
-        nothing = (dict[str, Fact](), Fact("patient", "patient"), set[str](), {}, {}, frozenset[str]())
-        self.static = StaticPlan(
-            k.rules, lambda i: _assess(self.plans[i], nothing),
-            {tier: [(p.pos, u, d, bool(p.score)) for p, u, d in cands] for tier, cands in self.candidates.items()},
-            self.reach, lambda i: self.plans[i].leaves)
-        # Per tier: candidate rule index -> (its plan, urgency, differential), for touched rules.
-        self.by_pos: dict[str, dict[int, tuple[_Plan, float, float]]] = {
-            tier: {p.pos: (p, u, d) for p, u, d in cands} for tier, cands in self.candidates.items()}
-        self.always: dict[str, list[tuple[_Plan, float, float]]] = {
-            tier: [self.by_pos[tier][i] for i, _, _ in rows] for tier, rows in self.static.always.items()}
-        self.always_pos: dict[str, frozenset[int]] = {
-            tier: frozenset(i for i, _, _ in rows) for tier, rows in self.static.always.items()}
         # patient attribute -> the rules that test it (age rules cannot fire without an age)
         self.patient_rules: dict[str, list[str]] = {}
         for rule in k.rules:
@@ -143,6 +129,18 @@ class QuestionRanker:
             tests = [leaf for leaf in rule.when.positive_leaves() if leaf.kind == "score"]
             for sid in {leaf.key for leaf in tests}:
                 self.thresholds.setdefault(sid, []).append((rule, [t for t in tests if t.key == sid]))
+        # Issue 18 part 2: every rule read once at load as if the request touched nothing of it
+        # (no finding it tests sent, no fact it reads derived or pending, no patient attribute or
+        # score it reads given), per tier (service/ask_next_plan.py); a request reads only the
+        # rules it touches and recomputes the findings they credit.
+        nothing: Any = ({}, Fact("patient", "patient"), set(), {}, {}, frozenset())
+        self.static = StaticPlan(
+            k.rules, {p.pos: _assess(p, nothing) for p in self.derivers},
+            {tier: [(p.pos, self._read(p, u, d, nothing, set(), tier)) for p, u, d in cands]
+             for tier, cands in self.candidates.items()})
+        # Per tier: candidate rule index -> (its plan, urgency, differential), for touched rules.
+        self.by_pos: dict[str, dict[int, tuple[_Plan, float, float]]] = {
+            tier: {p.pos: (p, u, d) for p, u, d in cands} for tier, cands in self.candidates.items()}
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired = {f.rule_id for f in result.firings}
@@ -152,11 +150,17 @@ class QuestionRanker:
         pending: dict[str, frozenset[str]] = {}
         ctx = (known, patient, derived, result.scores, pending, enc.unknown)
         static = self.static
+        # What the request holds that some rule reads: those rules are read below, the others'
+        # credits come from the static tables.
         touched = static.touched(known)
-        touched |= static.touched(enc.unknown)
+        static.touched(enc.unknown, touched)
+        static.touched([key for attr, key in PATIENT_KEYS.items()
+                        if (enc.age if attr == "age" else enc.sex) is not None], touched)
+        static.touched([f"score:{sid}" for sid in result.scores], touched)
+        static.touched([f"fact:{name}" for name in derived], touched)
         for plan in self.derivers:
             if plan.rule.id not in fired:
-                if plan.pos in static.static and plan.pos not in touched:
+                if plan.pos not in touched and not static.reads(plan.pos, [f"fact:{n}" for n in pending]):
                     assessed = static.untouched[plan.pos]
                     needed = assessed[0] if assessed else None
                 else:
@@ -164,41 +168,23 @@ class QuestionRanker:
                 for name in plan.rule.then.derive if needed else ():
                     if name not in derived and (name not in pending or len(needed) < len(pending[name])):
                         pending[name] = needed  # type: ignore[assignment]
+        static.touched([f"fact:{name}" for name in pending], touched)
 
-        # The rules read here: those on more than input findings (or scoring), and the
-        # finding-only rules this request touches; the others' credit is in the static tables.
         table = static.tiers[tier]
-        by_pos, always = self.by_pos[tier], self.always_pos[tier]
-        rows = self.always[tier] + [by_pos[i] for i in touched if i in by_pos and i not in always]
-        rows.sort(key=lambda row: row[0].pos)
+        by_pos = self.by_pos[tier]
         gains: dict[str, list[Contribution]] = {}
         related: set[str] = set()  # could complete an urgency rule that a finding given already supports
         alt_gains: dict[str, list[Contribution]] = {}
-        for plan, urgency, differential in rows:
-            rule = plan.rule
-            if rule.id in fired:
+        for i in sorted(touched):
+            row = by_pos.get(i)
+            read = self._read(*row, ctx, fired, tier) if row else None
+            if read is None:
                 continue
-            assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
-            if assessed is None:
-                continue
-            top = self.reach[rule.id]
-            if plan.score:
-                cu, cd, crossed = self._crossing(plan.score, result.scores, fired, tier)
-                urgency, differential = urgency + cu, differential + cd
-                top = max(top, crossed)
-            if urgency + differential <= 0:
-                continue
-            needed, satisfied = assessed
-            scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
-            if urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves):
+            c, needed, alternatives, supported = read
+            if supported:
                 related.update(needed)
-            c = Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top)
-            # The other options of its `any` groups (only the first is in `needed`): a
-            # presentation's screen may ask them (new urinary or new faecal incontinence).
-            for leaf in plan.leaves:
-                if (leaf.kind == "finding" and leaf.key not in needed and leaf.key not in known
-                        and leaf.key not in enc.unknown):
-                    alt_gains.setdefault(leaf.key, []).append(c)
+            for code in alternatives:
+                alt_gains.setdefault(code, []).append(c)
             for code in needed:
                 gains.setdefault(code, []).append(c)
 
@@ -268,6 +254,35 @@ class QuestionRanker:
                                        "urgency" if code in by_urgency else "differential",
                                        _tier_change(reach.get(code, 0), current), code in lowering)
                         for code in chosen]
+
+    def _read(self, plan: _Plan, urgency: float, differential: float, ctx: Any, fired: set[str],
+              tier: str) -> Read | None:
+        """What one rule gives the findings it needs, or None: its scaled credit, the one or two
+        findings, the other options of its `any` groups, and whether a finding given or a fact
+        derived already supports it (for urgency)."""
+        rule = plan.rule
+        if rule.id in fired:
+            return None
+        assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
+        if assessed is None:
+            return None
+        known, _, derived, scores, _, unknown = ctx
+        top = self.reach[rule.id]
+        if plan.score:
+            cu, cd, crossed = self._crossing(plan.score, scores, fired, tier)
+            urgency, differential = urgency + cu, differential + cd
+            top = max(top, crossed)
+        if urgency + differential <= 0:
+            return None
+        needed, satisfied = assessed
+        scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
+        supported = urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves)
+        # The other options of its `any` groups (only the first is in `needed`): a
+        # presentation's screen may ask them (new urinary or new faecal incontinence).
+        alternatives = [leaf.key for leaf in plan.leaves if leaf.kind == "finding" and leaf.key not in needed
+                        and leaf.key not in known and leaf.key not in unknown]
+        c = Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top)
+        return c, needed, alternatives, supported
 
     def _lowering(self, result: EngineResult, known: dict[str, Fact], asked: frozenset[str],
                   tier: str) -> tuple[list[str], list[str]]:

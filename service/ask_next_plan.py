@@ -17,8 +17,8 @@ it replaced (tests/test_ask_next_plan.py compares them with tests/reference/ask_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from service.knowledge import Rule
 
@@ -35,13 +35,16 @@ class Contribution(NamedTuple):
     top: int  # the highest tier rank firing the rule could lead to
 
 
-def finding_keys(rule: Rule) -> frozenset[str] | None:
-    """The input findings a rule tests (positive and `none`), or None when it also tests a
-    patient attribute, a derived fact or a score (then it is read on every request)."""
-    leaves = [*rule.when.positive_leaves(), *rule.when.none]
-    if any(leaf.kind != "finding" for leaf in leaves):
-        return None
-    return frozenset(leaf.key for leaf in leaves)
+def dependencies(rule: Rule) -> frozenset[str]:
+    """What a rule reads of a request (`touch_keys` names a request's): its findings (positive
+    and `none`) by code, derived facts as `fact:<name>`, patient attributes as `patient:<attr>`
+    and scores as `score:<id>` (its score leaves and the score its item adds to)."""
+    out: set[str] = set()
+    for leaf in [*rule.when.positive_leaves(), *rule.when.none]:
+        out.add(leaf.key if leaf.kind == "finding" else f"{leaf.kind}:{leaf.key}")
+    if rule.then.score:
+        out.add(f"score:{rule.then.score[0]}")
+    return frozenset(out)
 
 
 def worth(gains: Iterable[float]) -> float:
@@ -52,28 +55,24 @@ def worth(gains: Iterable[float]) -> float:
 
 
 class StaticTier:
-    """For one current tier: every finding's credit from the finding-only rules, all untouched."""
+    """For one current tier: every finding's credit from every rule, none of them touched."""
 
-    __slots__ = ("alt", "credit", "gains", "reach", "reasons", "rule_alt", "rule_codes")
+    __slots__ = ("alt", "credit", "gains", "reach", "reasons", "rule_codes")
 
     def __init__(self) -> None:
         self.gains: dict[str, list[Contribution]] = {}  # finding -> contributions, rule order
         self.alt: dict[str, list[Contribution]] = {}  # the other options of `any` groups, the same
         self.rule_codes: dict[int, tuple[str, ...]] = {}  # rule pos -> the findings it credits
-        self.rule_alt: dict[int, tuple[str, ...]] = {}
         self.credit: dict[str, Impact] = {}
         self.reasons: dict[str, list[str]] = {}
         self.reach: dict[str, int] = {}
 
-    def add(self, pos: int, rule_id: str, top: int, urgency: float, differential: float,
-            needed: frozenset[str], alternatives: list[str]) -> None:
-        c = Contribution(pos, urgency, differential, rule_id, top)
+    def add(self, c: Contribution, needed: frozenset[str], alternatives: list[str]) -> None:
         for code in needed:
             self.gains.setdefault(code, []).append(c)
         for code in alternatives:
             self.alt.setdefault(code, []).append(c)
-        self.rule_codes[pos] = tuple(needed)
-        self.rule_alt[pos] = tuple(dict.fromkeys(alternatives))
+        self.rule_codes[c.pos] = tuple(needed)
 
     def seal(self) -> None:
         for code, items in self.gains.items():
@@ -86,55 +85,45 @@ def combine(items: list[Contribution]) -> tuple[Impact, list[str], int]:
             [c.rule_id for c in items], max(0, *(c.top for c in items)))
 
 
+Read = tuple[Contribution, frozenset[str], list[str], bool]  # contribution, needed, alternatives, related
+
+
 class StaticPlan:
-    """The finding-only rules' credits per tier, and which rules each finding touches.
+    """Every rule's credits per tier as read when the request touches nothing of it, and which
+    rules each dependency touches.
 
-    `assess(rule_index)` gives a rule's near miss when nothing is known (needed findings,
-    satisfied tests) or None; `candidates[tier]` the (rule index, urgency, differential) of the
-    rules that could add credit at that tier, in rule order."""
+    `untouched[i]` is rule i's near miss when nothing is known (for the derivers' pending facts);
+    `reads[tier]` the (rule index, what reading it gives or None) of the tier's candidates."""
 
-    def __init__(self, rules: tuple[Rule, ...], assess: Callable[[int], tuple[frozenset[str], int] | None],
-                 candidates: dict[str, list[tuple[int, float, float, bool]]], reach: dict[str, int],
-                 leaves: Callable[[int], list[Any]]) -> None:
-        keys = [finding_keys(rule) for rule in rules]
-        self.static = frozenset(i for i, k in enumerate(keys) if k is not None)
-        # finding -> the finding-only rules that test it: a request sending it touches them.
-        self.touching: dict[str, frozenset[int]] = {}
+    def __init__(self, rules: tuple[Rule, ...], untouched: dict[int, tuple[frozenset[str], int] | None],
+                 reads: dict[str, list[tuple[int, Read | None]]]) -> None:
+        self.deps = [dependencies(rule) for rule in rules]
         index: dict[str, set[int]] = {}
-        for i, k in enumerate(keys):
-            for key in k or ():
+        for i, keys in enumerate(self.deps):
+            for key in keys:
                 index.setdefault(key, set()).add(i)
-        self.touching = {key: frozenset(v) for key, v in index.items()}
-        # A finding-only rule's near miss when nothing is known (for the derivers' pending facts).
-        self.untouched: dict[int, tuple[frozenset[str], int] | None] = {i: assess(i) for i in self.static}
+        # dependency -> the rules that read it: a request holding it touches them.
+        self.touching: dict[str, frozenset[int]] = {key: frozenset(v) for key, v in index.items()}
+        self.untouched = untouched
         self.tiers: dict[str, StaticTier] = {}
-        # Per tier, the candidates read on every request (not finding-only, or scoring).
-        self.always: dict[str, list[tuple[int, float, float]]] = {}
-        for tier, cands in candidates.items():
+        for tier, rows in reads.items():
             table = StaticTier()
-            always: list[tuple[int, float, float]] = []
-            for i, urgency, differential, scores in cands:
-                if i not in self.static or scores:
-                    always.append((i, urgency, differential))
-                    continue
-                assessed = self.untouched[i]
-                if assessed is None or urgency + differential <= 0:
-                    continue
-                needed, satisfied = assessed
-                n_leaves = len(leaves(i))
-                scale = (1 + satisfied) / (1 + n_leaves) / len(needed)
-                alternatives = [leaf.key for leaf in leaves(i) if leaf.kind == "finding" and leaf.key not in needed]
-                table.add(i, rules[i].id, reach[rules[i].id], urgency * scale, differential * scale, needed,
-                          alternatives)
+            for _, read in rows:
+                if read is not None:
+                    c, needed, alternatives, _related = read
+                    table.add(c, needed, alternatives)
             table.seal()
             self.tiers[tier] = table
-            self.always[tier] = always
 
-    def touched(self, keys: Iterable[str]) -> set[int]:
-        """The finding-only rules a request's findings (answered or unknown) touch."""
-        out: set[int] = set()
+    def touched(self, keys: Iterable[str], out: set[int] | None = None) -> set[int]:
+        """The rules that read any of `keys` (added to `out`)."""
+        out = set() if out is None else out
         for key in keys:
             hit = self.touching.get(key)
             if hit:
                 out |= hit
         return out
+
+    def reads(self, i: int, keys: Iterable[str]) -> bool:
+        deps = self.deps[i]
+        return any(key in deps for key in keys)
