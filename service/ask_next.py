@@ -75,7 +75,7 @@ Impact = tuple[float, float]  # (urgency, differential)
 class _Plan:
     """One rule, read once: what ask_next needs of it on every request."""
 
-    __slots__ = ("all_groups", "all_leaves", "gates", "leaves", "pos", "rule", "score")
+    __slots__ = ("all_groups", "all_leaves", "gate_keys", "gates", "leaves", "pos", "rule", "score")
 
     def __init__(self, rule: Rule, pos: int) -> None:
         self.rule = rule
@@ -85,6 +85,7 @@ class _Plan:
         self.all_groups = [i for i in rule.when.all if isinstance(i, Group)]
         # Top-level `all` leaves on input findings: one known to fail rules the rule out at once.
         self.gates = [i for i in self.all_leaves if i.kind == "finding"]
+        self.gate_keys = frozenset(g.key for g in self.gates)
         self.score = rule.then.score
 
 
@@ -488,7 +489,12 @@ def _assess(plan: _Plan, ctx: Any) -> tuple[frozenset[str], int] | None:
     tests already hold), or None. One pass, leaving at the first test known to fail, or as soon
     as more than two findings would be needed: most rules leave at their first test."""
     known = ctx[0]
-    for g in plan.gates:  # cheapest: a known input finding that fails
+    # Cheapest of all: a top-level finding answered "unknown" can never hold, and more than two
+    # unanswered ones need more than two questions (either way no near miss, as below).
+    if plan.gate_keys and (len(plan.gate_keys.difference(known)) > MAX_UNKNOWN_PER_RULE
+                           or not plan.gate_keys.isdisjoint(ctx[5])):
+        return None
+    for g in plan.gates:  # a known input finding that fails
         fact = known.get(g.key)
         if fact is not None and not leaf_matches(g, fact):
             return None
