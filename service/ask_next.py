@@ -32,6 +32,12 @@ the differential. With `ask_next_limit` that is the order; by default the four u
 the screens' questions, then the rest by credit as before, and the three differential slots the
 lowering questions, the presentations' differential, then the rest; listed presentation first.
 
+Compiled at load (issue 18 part 2, service/ask_next_plan.py): every rule is read once per
+current tier as if the request held nothing it reads; a request reads only the rules its
+findings (answered or unknown), derived and pending facts, given attributes and scores touch,
+and recomputes the credit of the findings those rules credit, summed in rule order as before.
+The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
+
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
 six: rules on age can never fire without it, and a nurse can answer it at once.

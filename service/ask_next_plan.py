@@ -1,13 +1,12 @@
 """ask_next compiled at load (issue 18 part 2): what the rules a request does not touch give.
 
-A rule whose every test (its `all`, `any` and `none`, nested groups too) is on an input finding
-reads the same for every request that sends none of those findings, neither answered nor
-"unknown": every test is unknown, so it is a near miss on the same one or two findings with the
-same credit whatever else was sent (it cannot have fired, and no derived fact, score or patient
-attribute changes it). Most rules are such rules for most requests. Their credits are added up
-here once per rule set and current tier, into the three tables ask_next builds (credit, reasons,
-reach); a request starts from a copy and recomputes only the findings that a touched rule, or a
-rule on patient attributes, derived facts or scores, credits.
+A rule reads the same for every request that holds nothing it reads: no finding it tests sent
+(answered or "unknown"), no fact it reads derived or pending, no patient attribute it reads
+given, no score it reads or adds to. Every test is then unknown or false, so it is a near miss
+on the same one or two findings with the same credit whatever else was sent (and it cannot have
+fired). Such rules are read once per rule set and current tier, into the three tables ask_next
+builds (credit, reasons, reach); a request starts from a copy, reads only the rules it touches
+(`StaticPlan.touching`: each dependency's rules), and recomputes the findings they credit.
 
 Credits are kept as the per-rule contributions in rule order as well, so that a recomputed
 finding sums them in the order ask_next always did (floating-point sums depend on the order,
