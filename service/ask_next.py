@@ -72,7 +72,6 @@ PATIENT_QUESTIONS = {
 MAX_UNKNOWN_PER_RULE = 2
 # The `why` of a question whose "yes" would stop the rule that holds the tier (see _lowering).
 LOWERS_LEAD = "Could lower the urgency (the rule that sets it does not apply if present)"
-BREADTH = 0.1
 _TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
 
 Impact = tuple[float, float]  # (urgency, differential)
@@ -428,10 +427,6 @@ def _reach(k: Knowledge, rule: Rule, seen: frozenset[str] = frozenset()) -> int:
             if r.id not in seen and any(leaf.kind == "fact" and leaf.key == name for leaf in r.when.positive_leaves()):
                 ranks.append(_reach(k, r, seen | {rule.id}))
     return max(ranks)
-
-
-def _worth(gains: list[float]) -> float:
-    return max(gains) + BREADTH * (sum(gains) - max(gains)) if gains else 0.0
 
 
 def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> Impact:

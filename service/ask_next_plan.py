@@ -22,6 +22,7 @@ from typing import NamedTuple
 from service.knowledge import Rule
 
 Impact = tuple[float, float]  # (urgency, differential)
+BREADTH = 0.1  # a finding's other consequences count a tenth of its strongest
 
 
 class Contribution(NamedTuple):
@@ -47,10 +48,10 @@ def dependencies(rule: Rule) -> frozenset[str]:
 
 
 def worth(gains: Iterable[float]) -> float:
-    """A finding's worth from its contributions (ask_next's `_worth`): the strongest plus a tenth
-    of the others, summed in rule order."""
+    """A finding's worth from its contributions: the strongest plus a tenth of the others, summed
+    in rule order (summing would let ten correlated Wells items drown a decisive question)."""
     g = list(gains)
-    return max(g) + 0.1 * (sum(g) - max(g)) if g else 0.0
+    return max(g) + BREADTH * (sum(g) - max(g)) if g else 0.0
 
 
 class StaticTier:
