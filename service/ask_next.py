@@ -490,11 +490,15 @@ def _assess(plan: _Plan, ctx: Any) -> tuple[frozenset[str], int] | None:
     tests already hold), or None. One pass, leaving at the first test known to fail, or as soon
     as more than two findings would be needed: most rules leave at their first test."""
     known = ctx[0]
-    # Cheapest of all: a top-level finding answered "unknown" can never hold, and more than two
-    # unanswered ones need more than two questions (either way no near miss, as below).
-    if plan.gate_keys and (len(plan.gate_keys.difference(known)) > MAX_UNKNOWN_PER_RULE
-                           or not plan.gate_keys.isdisjoint(ctx[5])):
-        return None
+    # Cheapest of all: a top-level finding answered "unknown" (and not known otherwise: an old
+    # bundled code can be both, set from its atoms) can never hold, and more than two unanswered
+    # ones need more than two questions (either way no near miss, as below).
+    if plan.gate_keys:
+        if len(plan.gate_keys.difference(known)) > MAX_UNKNOWN_PER_RULE:
+            return None
+        asked = plan.gate_keys.intersection(ctx[5])
+        if asked and asked.difference(known):
+            return None
     for g in plan.gates:  # a known input finding that fails
         fact = known.get(g.key)
         if fact is not None and not leaf_matches(g, fact):

@@ -128,3 +128,12 @@ def encounters(draw: st.DrawFn, k: Knowledge) -> dict[str, Any]:
 @given(data=st.data())
 def test_random_encounters_get_the_same_questions(pair, data):
     same(pair, data.draw(encounters(pair[0].knowledge)))
+
+
+def test_an_old_bundled_code_answered_unknown_while_an_atom_is_present(pair):
+    """Found by the random test: the umbrella is then both known (present, from its atom) and
+    in the request's unknown answers; the rules read it as present, and so must ask_next."""
+    body = {"patient": {}, "findings": [
+        {"code": "bilateral_leg_symptoms", "present": True}, {"code": "foot_gangrene", "present": True},
+        {"code": "active_cancer", "present": True}, {"code": "foot_ulcer_or_gangrene", "present": None}]}
+    assert same(pair, body) > 0
