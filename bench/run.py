@@ -7,8 +7,10 @@
 1. In-process latency (p50 / p99, ms) for small (<=5), typical (20) and large (60) encounters on
    the real rule set, timed interleaved: `engine` (the adapter), `engine-before` (the adapter as
    it was: a fresh durable-rules session per evaluation, tests/reference/engine_fresh_session.py),
-   `no-ask-next` (engine + the answer, ask_next left empty), `evaluate` (the whole answer) and
-   `request` (parse + validate + evaluate + serialise, what a request costs minus HTTP).
+   `no-ask-next` (engine + the answer, ask_next left empty), `evaluate` (the whole answer),
+   `evaluate-before` (the whole answer with ask_next as it was before issue 18 part 2,
+   tests/reference/ask_next_reference.py) and `request` (parse + validate + evaluate + serialise,
+   what a request costs minus HTTP).
 2. Growth with the number of rules: synthetic rule sets of 1x, 2x and 4x the real one (every
    rule copied under a new id), the same typical encounters through each, the factors timed
    interleaved (the whole evaluation in a timing of its own), with each factor's ratio to 1x.
@@ -61,10 +63,10 @@ from service.intake.parse import parse_encounter  # noqa: E402
 from service.knowledge.loader import load_knowledge  # noqa: E402
 from service.reasoning.engine import Engine  # noqa: E402
 from service.reasoning.evaluation import Evaluator  # noqa: E402
-from tests.reference import engine_fresh_session  # noqa: E402  (the adapter before issue 18)
+from tests.reference import ask_next_reference, engine_fresh_session  # noqa: E402  (as before issue 18)
 
 SIZES = {"small": None, "typical": 20, "large": 60}
-MODES = ("engine", "engine-before", "no-ask-next", "evaluate", "request")
+MODES = ("engine", "engine-before", "no-ask-next", "evaluate", "evaluate-before", "request")
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "bench.ceiling_app:create()"]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 CONFIGS = ("nginx-sync", "nginx-gthread", "gthread", "sync")
@@ -91,11 +93,14 @@ def modes(k: Any, which: tuple[str, ...]) -> dict[str, Any]:
     bare = Evaluator(k, engine=evaluator.engine)
     bare.ranker = _NoAskNext(bare.ranker)  # type: ignore[assignment]
     before = engine_fresh_session.Engine(k)
+    uncompiled = Evaluator(k, engine=evaluator.engine)
+    uncompiled.ranker = ask_next_reference.QuestionRanker(k)  # type: ignore[assignment]
     fns = {
         "engine": lambda raw, enc: evaluator.engine.evaluate(enc.facts()),
         "engine-before": lambda raw, enc: before.evaluate(enc.facts()),
         "no-ask-next": lambda raw, enc: bare.evaluate(enc),
         "evaluate": lambda raw, enc: evaluator.evaluate(enc),
+        "evaluate-before": lambda raw, enc: uncompiled.evaluate(enc),
         "request": lambda raw, enc: orjson.dumps(evaluator.evaluate(parse_encounter(k, orjson.loads(raw)))),
     }
     return {m: fns[m] for m in which}

@@ -32,6 +32,12 @@ the differential. With `ask_next_limit` that is the order; by default the four u
 the screens' questions, then the rest by credit as before, and the three differential slots the
 lowering questions, the presentations' differential, then the rest; listed presentation first.
 
+Compiled at load (issue 18 part 2, service/ask_next_plan.py): every rule is read once per
+current tier as if the request held nothing it reads; a request reads only the rules its
+findings (answered or unknown), derived and pending facts, given attributes and scores touch,
+and recomputes the credit of the findings those rules credit, summed in rule order as before.
+The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
+
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
 six: rules on age can never fire without it, and a nurse can answer it at once.
@@ -44,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from service.knowledge.model import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
 from service.knowledge.presentations import Presentation, load_presentations
 from service.reasoning import aliases
+from service.reasoning.ask_next_plan import Contribution, Read, StaticPlan, combine
 from service.reasoning.engine import EngineResult, Fact, compare, leaf_matches
 
 TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
@@ -65,7 +72,6 @@ PATIENT_QUESTIONS = {
 MAX_UNKNOWN_PER_RULE = 2
 # The `why` of a question whose "yes" would stop the rule that holds the tier (see _lowering).
 LOWERS_LEAD = "Could lower the urgency (the rule that sets it does not apply if present)"
-BREADTH = 0.1
 _TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
 
 Impact = tuple[float, float]  # (urgency, differential)
@@ -74,15 +80,17 @@ Impact = tuple[float, float]  # (urgency, differential)
 class _Plan:
     """One rule, read once: what ask_next needs of it on every request."""
 
-    __slots__ = ("all_groups", "all_leaves", "gates", "leaves", "rule", "score")
+    __slots__ = ("all_groups", "all_leaves", "gate_keys", "gates", "leaves", "pos", "rule", "score")
 
-    def __init__(self, rule: Rule) -> None:
+    def __init__(self, rule: Rule, pos: int) -> None:
         self.rule = rule
+        self.pos = pos  # index in the rule set: credits are summed in this order
         self.leaves = rule.when.positive_leaves()
         self.all_leaves = [i for i in rule.when.all if isinstance(i, Leaf)]
         self.all_groups = [i for i in rule.when.all if isinstance(i, Group)]
         # Top-level `all` leaves on input findings: one known to fail rules the rule out at once.
         self.gates = [i for i in self.all_leaves if i.kind == "finding"]
+        self.gate_keys = frozenset(g.key for g in self.gates)
         self.score = rule.then.score
 
 
@@ -98,7 +106,7 @@ class QuestionRanker:
         # The highest tier firing each rule could lead to (its own tier, its red flag's, and what
         # the facts it derives lead to): how much a question could still change the tier.
         self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
-        self.plans = [_Plan(rule) for rule in k.rules]
+        self.plans = [_Plan(rule, i) for i, rule in enumerate(k.rules)]
         self.umbrellas = aliases.umbrellas(k)  # deprecated bundled findings: asked as their atoms
         # The opening's complaints and what to ask first for each (rules/presentations.yaml).
         self.presentations: tuple[Presentation, ...] = load_presentations(k)
@@ -127,6 +135,18 @@ class QuestionRanker:
             tests = [leaf for leaf in rule.when.positive_leaves() if leaf.kind == "score"]
             for sid in {leaf.key for leaf in tests}:
                 self.thresholds.setdefault(sid, []).append((rule, [t for t in tests if t.key == sid]))
+        # Issue 18 part 2: every rule read once at load as if the request touched nothing of it
+        # (no finding it tests sent, no fact it reads derived or pending, no patient attribute or
+        # score it reads given), per tier (service/ask_next_plan.py); a request reads only the
+        # rules it touches and recomputes the findings they credit.
+        nothing: Any = ({}, Fact("patient", "patient"), set(), {}, {}, frozenset())
+        self.static = StaticPlan(
+            k.rules, {p.pos: _assess(p, nothing) for p in self.derivers},
+            {tier: [(p.pos, self._read(p, u, d, nothing, set(), tier)) for p, u, d in cands]
+             for tier, cands in self.candidates.items()})
+        # Per tier: candidate rule index -> (its plan, urgency, differential), for touched rules.
+        self.by_pos: dict[str, dict[int, tuple[_Plan, float, float]]] = {
+            tier: {p.pos: (p, u, d) for p, u, d in cands} for tier, cands in self.candidates.items()}
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired = {f.rule_id for f in result.firings}
@@ -135,56 +155,61 @@ class QuestionRanker:
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
         pending: dict[str, frozenset[str]] = {}
         ctx = (known, patient, derived, result.scores, pending, enc.unknown)
+        static = self.static
+        # What the request holds that some rule reads: those rules are read below, the others'
+        # credits come from the static tables.
+        touched = static.touched(known)
+        static.touched(enc.unknown, touched)
+        static.touched([key for attr, key in PATIENT_KEYS.items()
+                        if (enc.age if attr == "age" else enc.sex) is not None], touched)
+        static.touched([f"score:{sid}" for sid in result.scores], touched)
+        static.touched([f"fact:{name}" for name in derived], touched)
         for plan in self.derivers:
             if plan.rule.id not in fired:
-                needed = self._near_miss(plan, known, ctx)
+                if plan.pos not in touched and not static.reads(plan.pos, [f"fact:{n}" for n in pending]):
+                    assessed = static.untouched[plan.pos]
+                    needed = assessed[0] if assessed else None
+                else:
+                    needed = self._near_miss(plan, known, ctx)
                 for name in plan.rule.then.derive if needed else ():
                     if name not in derived and (name not in pending or len(needed) < len(pending[name])):
                         pending[name] = needed  # type: ignore[assignment]
+        static.touched([f"fact:{name}" for name in pending], touched)
 
-        gains: dict[str, tuple[list[float], list[float]]] = {}
-        reasons: dict[str, list[str]] = {}
-        reach: dict[str, int] = {}  # code -> the highest tier rank a rule it could complete leads to
+        table = static.tiers[tier]
+        by_pos = self.by_pos[tier]
+        gains: dict[str, list[Contribution]] = {}
         related: set[str] = set()  # could complete an urgency rule that a finding given already supports
-        alt_gains: dict[str, tuple[list[float], list[float]]] = {}
-        alt_reasons: dict[str, list[str]] = {}
-        alt_reach: dict[str, int] = {}
-        for plan, urgency, differential in self.candidates[tier]:
-            rule = plan.rule
-            if rule.id in fired:
+        alt_gains: dict[str, list[Contribution]] = {}
+        for i in sorted(touched):
+            row = by_pos.get(i)
+            read = self._read(*row, ctx, fired, tier) if row else None
+            if read is None:
                 continue
-            assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
-            if assessed is None:
-                continue
-            top = self.reach[rule.id]
-            if plan.score:
-                cu, cd, crossed = self._crossing(plan.score, result.scores, fired, tier)
-                urgency, differential = urgency + cu, differential + cd
-                top = max(top, crossed)
-            if urgency + differential <= 0:
-                continue
-            needed, satisfied = assessed
-            scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
-            if urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves):
+            c, needed, alternatives, supported = read
+            if supported:
                 related.update(needed)
-            # The other options of its `any` groups (only the first is in `needed`): a
-            # presentation's screen may ask them (new urinary or new faecal incontinence).
-            for leaf in plan.leaves:
-                if (leaf.kind == "finding" and leaf.key not in needed and leaf.key not in known
-                        and leaf.key not in enc.unknown):
-                    au, ad = alt_gains.setdefault(leaf.key, ([], []))
-                    au.append(urgency * scale)
-                    ad.append(differential * scale)
-                    alt_reasons.setdefault(leaf.key, []).append(rule.id)
-                    alt_reach[leaf.key] = max(alt_reach.get(leaf.key, 0), top)
+            for code in alternatives:
+                alt_gains.setdefault(code, []).append(c)
             for code in needed:
-                u, d = gains.setdefault(code, ([], []))
-                u.append(urgency * scale)
-                d.append(differential * scale)
-                reasons.setdefault(code, []).append(rule.id)
-                reach[code] = max(reach.get(code, 0), top)
+                gains.setdefault(code, []).append(c)
 
-        credit = {code: (_worth(u), _worth(d)) for code, (u, d) in gains.items()}
+        # The static tables, with the findings that a rule read here credits recomputed (the
+        # untouched rules' contributions and this request's, in rule order).
+        credit = dict(table.credit)
+        reasons = dict(table.reasons)
+        reach = dict(table.reach)  # code -> the highest tier rank a rule it could complete leads to
+        affected = set(gains)
+        for i in touched:
+            affected.update(table.rule_codes.get(i, ()))
+        for code in affected:
+            items = _merged(table.gains.get(code, ()), touched, gains.get(code))
+            if items:
+                credit[code], reasons[code], reach[code] = combine(items)
+            else:
+                credit.pop(code, None)
+                reasons.pop(code, None)
+                reach.pop(code, None)
         aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
         findings = [c for c in credit if c in self.k.findings]
         limit = enc.ask_next_limit
@@ -192,10 +217,10 @@ class QuestionRanker:
         # their differential, each question only while a rule it could complete is left.
         screen, between = self._priors(known, enc.unknown)
         for code in screen + between:
-            if code not in credit and code in alt_gains:
-                u, d = alt_gains[code]
-                credit[code] = (_worth(u), _worth(d))
-                reasons[code], reach[code] = alt_reasons[code], alt_reach[code]
+            if code not in credit:
+                items = _merged(table.alt.get(code, ()), touched, alt_gains.get(code))
+                if items:
+                    credit[code], reasons[code], reach[code] = combine(items)
         # Within the screens, a question that could make it an emergency before one that could
         # make it urgent (stable: the file's order otherwise).
         prior_u = sorted((c for c in screen if c in credit and credit[c][0] > 0), key=lambda c: -reach.get(c, 0))
@@ -235,6 +260,35 @@ class QuestionRanker:
                                        "urgency" if code in by_urgency else "differential",
                                        _tier_change(reach.get(code, 0), current), code in lowering)
                         for code in chosen]
+
+    def _read(self, plan: _Plan, urgency: float, differential: float, ctx: Any, fired: set[str],
+              tier: str) -> Read | None:
+        """What one rule gives the findings it needs, or None: its scaled credit, the one or two
+        findings, the other options of its `any` groups, and whether a finding given or a fact
+        derived already supports it (for urgency)."""
+        rule = plan.rule
+        if rule.id in fired:
+            return None
+        assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
+        if assessed is None:
+            return None
+        known, _, derived, scores, _, unknown = ctx
+        top = self.reach[rule.id]
+        if plan.score:
+            cu, cd, crossed = self._crossing(plan.score, scores, fired, tier)
+            urgency, differential = urgency + cu, differential + cd
+            top = max(top, crossed)
+        if urgency + differential <= 0:
+            return None
+        needed, satisfied = assessed
+        scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
+        supported = urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves)
+        # The other options of its `any` groups (only the first is in `needed`): a
+        # presentation's screen may ask them (new urinary or new faecal incontinence).
+        alternatives = [leaf.key for leaf in plan.leaves if leaf.kind == "finding" and leaf.key not in needed
+                        and leaf.key not in known and leaf.key not in unknown]
+        c = Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top)
+        return c, needed, alternatives, supported
 
     def _lowering(self, result: EngineResult, known: dict[str, Fact], asked: frozenset[str],
                   tier: str) -> tuple[list[str], list[str]]:
@@ -316,7 +370,7 @@ class QuestionRanker:
             "impact": round(impact, 2),
             **change,
             "why": f"{lead}: {titles}",
-            "rules": rules,
+            "rules": list(rules),  # the static tables' lists are shared by every request
         }
 
     @staticmethod
@@ -341,6 +395,22 @@ class QuestionRanker:
         return best[0], best[1], top
 
 
+def _merged(static: Any, touched: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
+    """One finding's contributions: the untouched rules' (static) and this request's, in rule order."""
+    items = [c for c in static if c.pos not in touched]
+    if dynamic:
+        if items:
+            items += dynamic
+            items.sort(key=_by_pos)
+        else:
+            items = dynamic
+    return items
+
+
+def _by_pos(c: Contribution) -> int:
+    return c.pos
+
+
 def _tier_change(reach: int, current: int) -> dict[str, Any]:
     steps = max(0, reach - current)
     return {"raises_tier_to": TIER_NAMES[reach] if steps else None, "tier_steps": steps}
@@ -357,10 +427,6 @@ def _reach(k: Knowledge, rule: Rule, seen: frozenset[str] = frozenset()) -> int:
             if r.id not in seen and any(leaf.kind == "fact" and leaf.key == name for leaf in r.when.positive_leaves()):
                 ranks.append(_reach(k, r, seen | {rule.id}))
     return max(ranks)
-
-
-def _worth(gains: list[float]) -> float:
-    return max(gains) + BREADTH * (sum(gains) - max(gains)) if gains else 0.0
 
 
 def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozenset()) -> Impact:
@@ -424,7 +490,16 @@ def _assess(plan: _Plan, ctx: Any) -> tuple[frozenset[str], int] | None:
     tests already hold), or None. One pass, leaving at the first test known to fail, or as soon
     as more than two findings would be needed: most rules leave at their first test."""
     known = ctx[0]
-    for g in plan.gates:  # cheapest: a known input finding that fails
+    # Cheapest of all: a top-level finding answered "unknown" (and not known otherwise: an old
+    # bundled code can be both, set from its atoms) can never hold, and more than two unanswered
+    # ones need more than two questions (either way no near miss, as below).
+    if plan.gate_keys:
+        if len(plan.gate_keys.difference(known)) > MAX_UNKNOWN_PER_RULE:
+            return None
+        asked = plan.gate_keys.intersection(ctx[5])
+        if asked and asked.difference(known):
+            return None
+    for g in plan.gates:  # a known input finding that fails
         fact = known.get(g.key)
         if fact is not None and not leaf_matches(g, fact):
             return None
