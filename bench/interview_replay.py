@@ -164,12 +164,29 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run(ev: Evaluator, cases: list[ReplayCase]) -> dict[str, Any]:
-    """Every case in both modes: per mode, the summary of all cases and of each folder."""
+def _replay_mode(rules_dir: str, cases: list[ReplayCase], mode: str) -> list[dict[str, Any]]:
+    """One mode in a fresh process: its own rule set and engine (an engine is per process)."""
+    ev = Evaluator(load_knowledge(rules_dir))
+    return [replay(ev, case, mode) for case in cases]
+
+
+def run(ev: Evaluator, cases: list[ReplayCase], rules_dir: str | Path | None = None) -> dict[str, Any]:
+    """Every case in both modes: per mode, the summary of all cases and of each folder. Given the
+    rules folder, the two modes run side by side in two fresh (spawned, not forked: the engine's
+    C state is per process) processes, which halves the wall time on two cores."""
     folders = sorted({c.folder for c in cases})
+    if rules_dir is not None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(MODES), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {mode: pool.submit(_replay_mode, str(rules_dir), cases, mode) for mode in MODES}
+            by_mode = {mode: f.result() for mode, f in futures.items()}
+    else:
+        by_mode = {mode: [replay(ev, case, mode) for case in cases] for mode in MODES}
     out: dict[str, Any] = {}
     for mode in MODES:
-        rows = [replay(ev, case, mode) for case in cases]
+        rows = by_mode[mode]
         out[mode] = {"summary": summary(rows),
                      "folders": {f: summary([r for r in rows if r["folder"] == f]) for f in folders},
                      "cases": rows}
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     k = load_knowledge(args.rules)
     ev = Evaluator(k)
     cases, refused = all_cases(ev, args.rules)
-    results = run(ev, cases)
+    results = run(ev, cases, args.rules)
     report: dict[str, Any] = {"ruleset": f"{k.name} {k.version}", "refused": refused, "modes": results}
     for mode, res in results.items():
         if args.verbose:

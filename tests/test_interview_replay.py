@@ -75,7 +75,7 @@ def test_the_interview_figures_do_not_regress_in_either_mode(evaluator):
 
     cases, refused = replay_mod.all_cases(evaluator, DEFAULT_RULES_DIR)
     assert not refused
-    results = replay_mod.run(evaluator, cases)
+    results = replay_mod.run(evaluator, cases, DEFAULT_RULES_DIR)  # the two modes side by side
     for mode, res in results.items():
         s = res["summary"]
         assert s["never"] == [], (mode, s["never"])  # every case reaches its final tier
