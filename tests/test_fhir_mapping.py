@@ -288,6 +288,19 @@ def test_an_abated_condition_without_status_is_not_current(knowledge):
     assert findings(knowledge, cond("active_cancer", clinical=None, abatementDateTime="2024-01-01")) == {}
 
 
+@pytest.mark.parametrize("finding", ["foot_ulcer", "iv_drug_use", "known_liver_disease"])
+def test_a_coded_current_state_finding_is_read_only_from_a_current_condition(knowledge, finding):
+    """Vocabulary 0.3.2 codes these with SNOMED CT (Ulcer of lower extremity, Injecting drug
+    user, Disease of liver). Each means 'now' (an ulcer that is not healing, injects now or
+    recently, has liver disease), so a resolved or inactive problem-list entry must not set it;
+    only previous_dvt-like history findings read any documented episode."""
+    sct = next(c for c in knowledge.findings[finding].codes if c.system == SNOMED)
+    concept = {"coding": [{"system": SNOMED, "code": sct.code}]}
+    assert findings(knowledge, cond(finding, concept=concept)) == {finding: {"present": True}}
+    for clinical in ("resolved", "inactive"):
+        assert findings(knowledge, cond(finding, clinical=clinical, concept=concept)) == {}
+
+
 def test_a_condition_cannot_give_a_measurement(knowledge):
     mapped = run(knowledge, cond("slr_angle"))
     assert mapped.encounter.findings == {}

@@ -138,7 +138,7 @@ def test_the_answer_lists_the_old_codes_sent_with_their_replacements(evaluator):
     new = evaluate(evaluator, {"patient": {"age": 31, "sex": "female"},
                                "findings": [{"code": "pregnant"}, {"code": "calf_tenderness"}]})
     assert new["deprecated_codes_used"] == []
-    assert old["ruleset"]["vocabulary_version"] == new["ruleset"]["vocabulary_version"] == "0.3.1"
+    assert old["ruleset"]["vocabulary_version"] == new["ruleset"]["vocabulary_version"] == "0.3.2"
 
 
 def test_an_old_code_sent_as_unknown_is_reported_and_its_atoms_are_not_asked(evaluator):
@@ -213,13 +213,13 @@ def test_ask_atoms_moves_the_credit_and_keeps_the_larger():
 
 def test_findings_catalogue_and_openapi_carry_the_vocabulary_version(client, knowledge):
     body = client.get("/v1/findings").get_json()
-    assert body["version"] == knowledge.vocabulary_version == "0.3.1"
+    assert body["version"] == knowledge.vocabulary_version == "0.3.2"
     items = {f["code"]: f for f in body["items"]}
     assert items["pregnant_or_postpartum"]["deprecated"] is True
     assert items["pregnant_or_postpartum"]["replaced_by"] == ["pregnant", "postpartum_6w"]
     assert "deprecated" not in items["pregnant"]
     spec = client.get("/openapi.json").get_json()
-    assert spec["info"]["x-vocabulary-version"] == "0.3.1"
+    assert spec["info"]["x-vocabulary-version"] == "0.3.2"
     assert "deprecated_codes_used" in spec["components"]["schemas"]["EvaluationResponse"]["required"]
 
 
@@ -228,7 +228,7 @@ def test_the_full_form_asks_atoms_not_old_codes(client, knowledge):
     for f in knowledge.findings.values():
         if f.deprecated:
             assert f'value="{f.code}"' not in html and f'"{f.code}"' not in html, f.code
-    assert 'pregnant"' in html and "vocabulary 0.3.1" in html
+    assert 'pregnant"' in html and "vocabulary 0.3.2" in html
 
 
 def test_the_changelog_lists_every_deprecated_code_with_its_replacements(knowledge):
@@ -321,13 +321,13 @@ def test_a_record_with_an_old_local_code_is_read_and_named_on_the_card(client, k
     prov = resp.get_json()["cards"][0]["extension"]["example.legpain-cds.provenance"]
     assert prov["deprecatedCodesUsed"] == [{"code": "leg_paralysis_or_plaster",
                                             "replacedBy": ["leg_paralysis", "leg_in_plaster"]}]
-    assert prov["ruleset"]["vocabulary_version"] == "0.3.1"
+    assert prov["ruleset"]["vocabulary_version"] == "0.3.2"
     assert "dvt.wells.paralysis_or_plaster" in {r["rule"] for r in prov["rules"]}
 
 
 def test_vocabulary_yaml_states_its_version_first():
     doc = yaml.safe_load((ROOT / "rules" / "vocabulary.yaml").read_text())
-    assert next(iter(doc)) == "version" and doc["version"] == "0.3.1"
+    assert next(iter(doc)) == "version" and doc["version"] == "0.3.2"
 
 
 def test_the_guidance_response_names_the_vocabulary_and_the_old_codes_used(client):
@@ -340,7 +340,7 @@ def test_the_guidance_response_names_the_vocabulary_and_the_old_codes_used(clien
     output = next(r for r in resp.get_json()["contained"] if r["resourceType"] == "Parameters")
     Parameters.model_validate(output)
     params = output["parameter"]
-    assert {"name": "vocabularyVersion", "valueString": "0.3.1"} in params
+    assert {"name": "vocabularyVersion", "valueString": "0.3.2"} in params
     old = [p for p in params if p["name"] == "deprecatedCode"]
     assert old == [{"name": "deprecatedCode", "part": [
         {"name": "code", "valueCode": "leg_paralysis_or_plaster"},

@@ -162,7 +162,7 @@ class RulesetInfoSchema(Schema):
     version = fields.String(required=True)
     sha256 = fields.String(required=True, metadata={"description": "SHA-256 of the loaded rule files"})
     vocabulary_version = fields.String(metadata={
-        "description": "The vocabulary's own version (rules/vocabulary.yaml; GET /v1/findings)", "example": "0.3.1"})
+        "description": "The vocabulary's own version (rules/vocabulary.yaml; GET /v1/findings)", "example": "0.3.2"})
 
 
 class ReasonSchema(Schema):
@@ -317,7 +317,7 @@ class DeprecatedCodeSchema(Schema):
 
 
 class FindingsCatalogueSchema(Schema):
-    version = fields.String(required=True, metadata={"description": "The vocabulary's version", "example": "0.3.1"})
+    version = fields.String(required=True, metadata={"description": "The vocabulary's version", "example": "0.3.2"})
     items = fields.List(fields.Dict(), required=True, metadata={
         "description": "Findings; a deprecated one has deprecated: true and replaced_by (its atomic findings)"})
 
