@@ -301,6 +301,33 @@ def test_a_coded_current_state_finding_is_read_only_from_a_current_condition(kno
         assert findings(knowledge, cond(finding, clinical=clinical, concept=concept)) == {}
 
 
+@pytest.mark.parametrize("finding", ["foot_drop", "saddle_anaesthesia", "urinary_incontinence_new", "leg_numbness_new"])
+def test_an_old_problem_list_entry_does_not_raise_a_red_flag_of_this_episode(knowledge, finding):
+    """A foot drop or a continence problem on the problem list since years is not a new deficit:
+    read as present it would raise an urgent or emergency flag by itself. A Condition of such a
+    finding counts only when it began within the freshness window (7 days here), or is undated;
+    the old one is ignored with a reason the card shows, and the finding stays unknown (asked)."""
+    sct = next(c for c in knowledge.findings[finding].codes if c.system == SNOMED)
+    concept = {"coding": [{"system": SNOMED, "code": sct.code}]}
+    old = run(knowledge, cond(finding, concept=concept, onsetDateTime="2019-03-02", recordedDate="2025-01-09"))
+    assert old.encounter.findings == {}
+    assert "ask whether it is new" in old.ignored[0]["reason"]
+    assert old.ignored[0]["finding"] == finding
+    present = {finding: {"present": True}}
+    assert findings(knowledge, cond(finding, concept=concept, onsetDateTime="2025-01-08")) == present
+    assert findings(knowledge, cond(finding, concept=concept, recordedDate="2025-01-06")) == present
+    assert findings(knowledge, cond(finding, concept=concept)) == present  # undated
+    # An old refuted entry does not deny a symptom of today either.
+    assert findings(knowledge, cond(finding, concept=concept, verification="refuted", onsetDateTime="2019-03-02")) == {}
+
+
+def test_an_old_entry_still_documents_history_and_chronic_findings(knowledge):
+    """Only findings of this episode are windowed: a chronic disease or a past clot recorded
+    years ago still counts."""
+    for finding in ("previous_dvt", "diabetes", "active_cancer", "foot_ulcer"):
+        assert findings(knowledge, cond(finding, onsetDateTime="2019-03-02")) == {finding: {"present": True}}
+
+
 def test_a_condition_cannot_give_a_measurement(knowledge):
     mapped = run(knowledge, cond("slr_angle"))
     assert mapped.encounter.findings == {}

@@ -27,7 +27,9 @@ Mapping rules (each documented where it is implemented):
 * Condition: boolean findings only. `verificationStatus` entered-in-error -> skipped; refuted
   -> the finding is absent. `clinicalStatus` active / recurrence / relapse (or none given and
   no abatement) -> present; inactive / remission / resolved -> not used (unknown), except for
-  history findings (`previous_dvt`) where any documented episode counts.
+  history findings (`previous_dvt`) where any documented episode counts. A finding of this
+  episode (a red-flag symptom, foot drop, new numbness, a recent fall) is read from a Condition
+  only when it began (onset, else recorded date) within the freshness window, or is undated.
 * Several sources for one finding: the latest dated one wins; on a tie, present beats absent
   (never under-triage on a tie). The result does not depend on resource order.
 
@@ -64,6 +66,13 @@ YES_NO_V2 = "http://terminology.hl7.org/CodeSystem/v2-0136"
 
 # Findings that describe history: a documented episode counts whatever its clinical status.
 HISTORY_FINDINGS = frozenset({"previous_dvt"})
+# Findings that describe this episode (a red-flag symptom, a deficit that is new): a problem-list
+# entry dated before the freshness window says the problem is old, not that it began now, so it
+# is not read (the finding stays unknown and is asked). A long-standing foot drop or continence
+# problem on the problem list must not raise an urgent or emergency flag by itself. An undated
+# active Condition is still read: nothing says it is old, and a missed red flag costs more.
+EPISODE_TOPICS = frozenset({"red_flags"})
+EPISODE_FINDINGS = frozenset({"foot_drop", "leg_numbness_new", "recent_fall"})
 
 USABLE_OBSERVATION_STATUS = frozenset({"final", "amended", "corrected", "preliminary"})
 PRESENT_CLINICAL_STATUS = frozenset({"active", "recurrence", "relapse"})
@@ -682,6 +691,19 @@ class _Mapper:
                         out[f] = how if f not in HISTORY_FINDINGS else "any"
         return out
 
+    @staticmethod
+    def _episode_finding(finding: Finding) -> bool:
+        return finding.topic in EPISODE_TOPICS or finding.code in EPISODE_FINDINGS
+
+    @staticmethod
+    def _condition_began(cond: dict[str, Any], path: str) -> datetime | None:
+        """When the problem began: its onset, else when it was recorded (the latest instant a
+        partial date allows, so that a date on the window's edge is not called old)."""
+        for key in ("onsetDateTime", "recordedDate"):
+            if cond.get(key) is not None:
+                return parse_fhir_datetime(cond[key], f"{path}.{key}", latest=True)
+        return None
+
     def condition(self, cond: dict[str, Any], path: str) -> None:
         source = _ref(cond, path)
         _check_subject(cond, path, self.patient_id)
@@ -699,6 +721,7 @@ class _Mapper:
                 when = parse_fhir_datetime(cond[key], f"{path}.{key}", latest=True)
                 shown = f"{'recorded' if key == 'recordedDate' else 'onset'} {str(cond[key])[:10]}"
                 break
+        began = self._condition_began(cond, path)
         status = sorted(clinical)[0] if clinical else None
         evidence = "Condition" + (f", {status}" if status and status != "active" else "") + \
             (f", {shown}" if shown else "")
@@ -709,6 +732,11 @@ class _Mapper:
                 continue
             if "entered-in-error" in verification:
                 self.ignore(source, "entered in error", code)
+                continue
+            if how != "any" and began is not None and self._episode_finding(finding) \
+                    and self.now - began > self.max_age:
+                self.ignore(source, f"began {began.date().isoformat()}, before the "
+                            f"{self.max_age.days}-day window: ask whether it is new", code)
                 continue
             if "refuted" in verification:
                 self.candidates.append(_Candidate(code, False, when, source, label=label, evidence=evidence))
