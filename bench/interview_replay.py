@@ -49,9 +49,10 @@ from service.config import DEFAULT_RULES_DIR
 from service.errors import ServiceError
 from service.intake.parse import parse_encounter
 from service.knowledge.loader import load_knowledge
+from service.knowledge.question_groups import QuestionGroup
 from service.reasoning.ask_next import LOWERS_LEAD
 from service.reasoning.evaluation import Evaluator
-from service.web.interview import ASK_NEXT_LIMIT, opening_codes
+from service.web.interview import ASK_NEXT_LIMIT, groups_by_item, next_asks, opening_codes
 
 MODES = ("unknown", "no")
 # The patient's words at the opening for findings a case holds under a narrower code: pain or
@@ -88,9 +89,11 @@ def _tier(ev: Evaluator, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]
     return answer["urgency"]["tier"], [q for q in answer["ask_next"] if "finding" in q]
 
 
-def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
-    """One interview. `case` has `id` and `request` (a rule-side Case or a ReplayCase)."""
+def replay(ev: Evaluator, case: Any, mode: str, groups: dict[str, QuestionGroup] | None = None) -> dict[str, Any]:
+    """One interview. `case` has `id` and `request` (a rule-side Case or a ReplayCase); `groups`
+    (grouped finding -> its question group) is read from the rule set when not given."""
     k = ev.knowledge
+    groups = groups_by_item(k) if groups is None else groups
     held = {f["code"]: f for f in case.request["findings"]}
     final, _ = _tier(ev, case.request)
     body: dict[str, Any] = {"patient": dict(case.request.get("patient", {})), "ask_next_limit": ASK_NEXT_LIMIT,
@@ -110,23 +113,33 @@ def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
     opened += [held[u] for u in dict.fromkeys(umbrella_of[c] for c in offered if c in umbrella_of and c not in held)
                if held[u].get("present", True) is True]
     body["findings"].extend(opened)
+    sent = {f["code"] for f in body["findings"]}
+
+    def answer(code: str) -> None:
+        """The case's answer to one finding asked (alone or in its group)."""
+        if code in held:
+            found = held[code]
+        elif code in umbrella_of and umbrella_of[code] not in sent:
+            found = held[umbrella_of[code]]
+        elif mode == "no" and k.findings[code].type == "boolean":
+            found = {"code": code, "present": False}
+        else:
+            found = {"code": code, "present": None}
+        body["findings"].append(found)
+        sent.update((code, found["code"]))
+
     tier, questions = _tier(ev, body)
     tiers = [tier] * OPENING
     asked: list[str] = []
     while questions and len(asked) < MAX_QUESTIONS:
         if tier == final and not any(q["tier_steps"] > 0 or q["why"].startswith(LOWERS_LEAD) for q in questions):
             break  # the page's stop rule: no answer left can raise the tier, none can lower it
-        code = questions[0]["finding"]
-        asked.append(code)
-        sent = {f["code"] for f in body["findings"]}
-        if code in held:
-            body["findings"].append(held[code])
-        elif code in umbrella_of and umbrella_of[code] not in sent:
-            body["findings"].append(held[umbrella_of[code]])
-        elif mode == "no" and k.findings[code].type == "boolean":
-            body["findings"].append({"code": code, "present": False})
-        else:
-            body["findings"].append({"code": code, "present": None})
+        nxt = next_asks(questions, groups, sent, 1)
+        if not nxt:
+            break
+        for code in nxt[0].codes:  # a group is one question: each item answered from the case
+            answer(code)
+        asked.append(nxt[0].key)
         tier, questions = _tier(ev, body)
         tiers.append(tier)
     return {"case": case.id, "folder": getattr(case, "folder", "cases/"), "final": final,
@@ -167,7 +180,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _replay_mode(rules_dir: str, cases: list[ReplayCase], mode: str) -> list[dict[str, Any]]:
     """One mode in a fresh process: its own rule set and engine (an engine is per process)."""
     ev = Evaluator(load_knowledge(rules_dir))
-    return [replay(ev, case, mode) for case in cases]
+    groups = groups_by_item(ev.knowledge)
+    return [replay(ev, case, mode, groups) for case in cases]
 
 
 def run(ev: Evaluator, cases: list[ReplayCase], rules_dir: str | Path | None = None) -> dict[str, Any]:
@@ -183,7 +197,8 @@ def run(ev: Evaluator, cases: list[ReplayCase], rules_dir: str | Path | None = N
             futures = {mode: pool.submit(_replay_mode, str(rules_dir), cases, mode) for mode in MODES}
             by_mode = {mode: f.result() for mode, f in futures.items()}
     else:
-        by_mode = {mode: [replay(ev, case, mode) for case in cases] for mode in MODES}
+        groups = groups_by_item(ev.knowledge)
+        by_mode = {mode: [replay(ev, case, mode, groups) for case in cases] for mode in MODES}
     out: dict[str, Any] = {}
     for mode in MODES:
         rows = by_mode[mode]
