@@ -143,7 +143,7 @@ def replay(ev: Evaluator, case: Any, mode: str, groups: dict[str, QuestionGroup]
         tier, questions = _tier(ev, body)
         tiers.append(tier)
     return {"case": case.id, "folder": getattr(case, "folder", "cases/"), "final": final,
-            "opening": [f["code"] for f in opened], "asked": len(tiers), "questions": asked,
+            "opening": [f["code"] for f in opened], "asked": len(tiers), "questions": asked, "tiers": tiers,
             "settled": _settled(tiers, start, final)}
 
 
