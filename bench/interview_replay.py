@@ -12,14 +12,17 @@ together. Each case is asked as the page asks it: age and sex first (not counted
    asked of every case, whatever the case holds; an item the case does not hold is not ticked
    (which is not a denial); a case written with an old bundled code (vocabulary 0.3.1) says
    that code when one of its atoms is an item, as it answers a later question on an atom;
-2. then one question at a time, always the top finding question of ask_next (the page shows
-   its first three; the presentations' red-flag screens first). The replay never looks at the
-   case to choose a question: only to answer the one asked. A question the case does not hold
-   is answered, per mode,
+2. then one question at a time, always the page's first question: ask_next's top finding
+   question (the page shows its first three; the presentations' red-flag screens first) or, when
+   that finding is in a question group of rules/presentations.yaml, the whole group as ONE
+   question (service/web/interview.py next_asks: every item of the group not answered yet, as
+   the page shows it with a checkbox each). The replay never looks at the case to choose a
+   question: only to answer the one asked, item by item for a group. A finding the case does
+   not hold is answered, per mode,
 
-  unknown  {"present": null}: asked, nobody knows
+  unknown  {"present": null}: asked, nobody knows ("Don't know" for a group's other items)
   no       {"present": false}: denied (a measurement or a choice the case does not hold is
-           answered unknown: "no" is not a value)
+           answered unknown: "no" is not a value; "None of these" / "No to the others")
 
 The interview ends when the tier is the case's final tier and no question left could change it
 (none could raise it, none could lower it: the page's stop rule), when ask_next has no finding
@@ -29,7 +32,8 @@ final value (the tier of the case's full request) and stayed there; 0 when the t
 from the tier of age and sex alone; "never" when the interview ends on another tier.
 Goal (issue 16), in both modes: every case reaches its final tier, median <= 5, worst <= 15,
 every emergency within 4. Exit status 0 whether or not the goal is met: it is a measurement
-(tests/test_interview_replay.py holds the goal).
+(tests/test_interview_replay.py holds the goal). With --rules given or not, the two modes run
+side by side in two processes; the page's opening and groups are read once per process.
 """
 
 from __future__ import annotations
