@@ -365,3 +365,17 @@ def test_an_ask_next_link_in_the_full_answer_opens_the_full_form(page):
     assert page.locator("#questionnaire").is_visible() and not page.locator("#interview").is_visible()
     assert page.evaluate("document.activeElement.closest('.finding')?.id") == f"q-{code}"
     assert page.input_value("#patient-age") == "58"  # the interview's answers came along
+
+
+def test_a_group_never_asks_again_what_the_opening_ticked(page):
+    """A cold, pale leg ticked in the opening: the ischaemic leg group (cold and pale, numb,
+    weak toes, absent pulses) asks the rest of its items, not the cold pale leg again (a "None of
+    these" would deny it)."""
+    page.fill("#iv-age", "70")
+    page.locator("#iv-age").dispatch_event("change")
+    page.check("#iv-complaint-leg_cold_pale")
+    wait_live(page, 0)
+    page.wait_for_selector("#iv-g-acute_limb_ischaemia")
+    shown = page.locator("#iv-g-acute_limb_ischaemia input[data-code]").evaluate_all(
+        "is => is.map(i => i.dataset.code)")
+    assert "toe_movement_weak" in shown and "leg_cold_pale" not in shown, shown

@@ -193,6 +193,10 @@ function showAnswered() {
 function nextAsks(findings, n) {
   const out = [];
   const seen = new Set();
+  // Answered: in the answers, or ticked in the opening (a group never asks those again).
+  const ticked = document.querySelectorAll("#iv-opening input[data-code]:checked");
+  const opened = new Set([...ticked].map((b) => b.dataset.code));
+  const answered = (c) => iv.answers.has(c) || opened.has(c);
   for (const q of findings) {
     const group = iv.groups.get(q.finding);
     const key = group ? "group:" + group.id : q.finding;
@@ -202,7 +206,7 @@ function nextAsks(findings, n) {
     const codes = !group ? [q.finding]
       : shown && shown.parentElement.id === "iv-questions" && !shown.classList.contains("iv-answered")
         ? [...shown.querySelectorAll("input[data-code]")].map((i) => i.dataset.code)
-        : group.items.map((i) => i.code).filter((c) => !iv.answers.has(c));
+        : group.items.map((i) => i.code).filter((c) => !answered(c));
     out.push({ key, group, codes, first: q });
     if (out.length === n) break;
   }
