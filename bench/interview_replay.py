@@ -12,14 +12,17 @@ together. Each case is asked as the page asks it: age and sex first (not counted
    asked of every case, whatever the case holds; an item the case does not hold is not ticked
    (which is not a denial); a case written with an old bundled code (vocabulary 0.3.1) says
    that code when one of its atoms is an item, as it answers a later question on an atom;
-2. then one question at a time, always the top finding question of ask_next (the page shows
-   its first three; the presentations' red-flag screens first). The replay never looks at the
-   case to choose a question: only to answer the one asked. A question the case does not hold
-   is answered, per mode,
+2. then one question at a time, always the page's first question: ask_next's top finding
+   question (the page shows its first three; the presentations' red-flag screens first) or, when
+   that finding is in a question group of rules/presentations.yaml, the whole group as ONE
+   question (service/web/interview.py next_asks: every item of the group not answered yet, as
+   the page shows it with a checkbox each). The replay never looks at the case to choose a
+   question: only to answer the one asked, item by item for a group. A finding the case does
+   not hold is answered, per mode,
 
-  unknown  {"present": null}: asked, nobody knows
+  unknown  {"present": null}: asked, nobody knows ("Don't know" for a group's other items)
   no       {"present": false}: denied (a measurement or a choice the case does not hold is
-           answered unknown: "no" is not a value)
+           answered unknown: "no" is not a value; "None of these" / "No to the others")
 
 The interview ends when the tier is the case's final tier and no question left could change it
 (none could raise it, none could lower it: the page's stop rule), when ask_next has no finding
@@ -29,7 +32,8 @@ final value (the tier of the case's full request) and stayed there; 0 when the t
 from the tier of age and sex alone; "never" when the interview ends on another tier.
 Goal (issue 16), in both modes: every case reaches its final tier, median <= 5, worst <= 15,
 every emergency within 4. Exit status 0 whether or not the goal is met: it is a measurement
-(tests/test_interview_replay.py holds the goal).
+(tests/test_interview_replay.py holds the goal). With --rules given or not, the two modes run
+side by side in two processes; the page's opening and groups are read once per process.
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ from service.config import DEFAULT_RULES_DIR
 from service.errors import ServiceError
 from service.intake.parse import parse_encounter
 from service.knowledge.loader import load_knowledge
+from service.knowledge.model import Knowledge
+from service.knowledge.question_groups import QuestionGroup
 from service.reasoning.ask_next import LOWERS_LEAD
 from service.reasoning.evaluation import Evaluator
-from service.web.interview import ASK_NEXT_LIMIT, opening_codes
+from service.web.interview import ASK_NEXT_LIMIT, groups_by_item, next_asks, opening_codes
 
 MODES = ("unknown", "no")
 # The patient's words at the opening for findings a case holds under a narrower code: pain or
@@ -88,9 +94,25 @@ def _tier(ev: Evaluator, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]
     return answer["urgency"]["tier"], [q for q in answer["ask_next"] if "finding" in q]
 
 
-def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
-    """One interview. `case` has `id` and `request` (a rule-side Case or a ReplayCase)."""
+@dataclass(frozen=True)
+class Page:
+    """What the page offers, read once from the rule set (not once per case: reading
+    rules/presentations.yaml took half the replay's time)."""
+
+    opening: tuple[str, ...]  # the opening question's items
+    groups: dict[str, QuestionGroup]  # grouped finding -> its question group
+
+
+def page_of(k: Knowledge) -> Page:
+    return Page(tuple(opening_codes(k)), groups_by_item(k))
+
+
+def replay(ev: Evaluator, case: Any, mode: str, page: Page | None = None) -> dict[str, Any]:
+    """One interview. `case` has `id` and `request` (a rule-side Case or a ReplayCase); `page` is
+    read from the rule set when not given."""
     k = ev.knowledge
+    page = page_of(k) if page is None else page
+    groups = page.groups
     held = {f["code"]: f for f in case.request["findings"]}
     final, _ = _tier(ev, case.request)
     body: dict[str, Any] = {"patient": dict(case.request.get("patient", {})), "ask_next_limit": ASK_NEXT_LIMIT,
@@ -99,38 +121,48 @@ def replay(ev: Evaluator, case: Any, mode: str) -> dict[str, Any]:
     # The opening: every item the case holds as present is ticked; the rest is not sent.
     said = {code for code, narrower in SAID_AS.items()
             if code not in held and any(n in held and held[n].get("present", True) is True for n in narrower)}
-    opened = [held.get(c, {"code": c}) for c in opening_codes(k)
+    opened = [held.get(c, {"code": c}) for c in page.opening
               if (c in held and held[c].get("present", True) is True) or c in said]
     # A case written with an old bundled code (vocabulary 0.3.1) answers a question on one of
     # its atoms with that code, as the nurse would have recorded it. The opening is such a
     # question too: a case holding "recent fracture, crush, cast or long lie" says it there
     # (its atoms are opening items), sent as the case's own code, never as an atom it may not hold.
     umbrella_of = {a: c for c in held if k.findings[c].deprecated for a in k.findings[c].replaced_by}
-    offered = set(opening_codes(k))
+    offered = set(page.opening)
     opened += [held[u] for u in dict.fromkeys(umbrella_of[c] for c in offered if c in umbrella_of and c not in held)
                if held[u].get("present", True) is True]
     body["findings"].extend(opened)
+    sent = {f["code"] for f in body["findings"]}
+
+    def answer(code: str) -> None:
+        """The case's answer to one finding asked (alone or in its group)."""
+        if code in held:
+            found = held[code]
+        elif code in umbrella_of and umbrella_of[code] not in sent:
+            found = held[umbrella_of[code]]
+        elif mode == "no" and k.findings[code].type == "boolean":
+            found = {"code": code, "present": False}
+        else:
+            found = {"code": code, "present": None}
+        body["findings"].append(found)
+        sent.update((code, found["code"]))
+
     tier, questions = _tier(ev, body)
     tiers = [tier] * OPENING
     asked: list[str] = []
     while questions and len(asked) < MAX_QUESTIONS:
         if tier == final and not any(q["tier_steps"] > 0 or q["why"].startswith(LOWERS_LEAD) for q in questions):
             break  # the page's stop rule: no answer left can raise the tier, none can lower it
-        code = questions[0]["finding"]
-        asked.append(code)
-        sent = {f["code"] for f in body["findings"]}
-        if code in held:
-            body["findings"].append(held[code])
-        elif code in umbrella_of and umbrella_of[code] not in sent:
-            body["findings"].append(held[umbrella_of[code]])
-        elif mode == "no" and k.findings[code].type == "boolean":
-            body["findings"].append({"code": code, "present": False})
-        else:
-            body["findings"].append({"code": code, "present": None})
+        nxt = next_asks(questions, groups, sent, 1)
+        if not nxt:
+            break
+        for code in nxt[0].codes:  # a group is one question: each item answered from the case
+            answer(code)
+        asked.append(nxt[0].key)
         tier, questions = _tier(ev, body)
         tiers.append(tier)
     return {"case": case.id, "folder": getattr(case, "folder", "cases/"), "final": final,
-            "opening": [f["code"] for f in opened], "asked": len(tiers), "questions": asked,
+            "opening": [f["code"] for f in opened], "asked": len(tiers), "questions": asked, "tiers": tiers,
             "settled": _settled(tiers, start, final)}
 
 
@@ -167,7 +199,8 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _replay_mode(rules_dir: str, cases: list[ReplayCase], mode: str) -> list[dict[str, Any]]:
     """One mode in a fresh process: its own rule set and engine (an engine is per process)."""
     ev = Evaluator(load_knowledge(rules_dir))
-    return [replay(ev, case, mode) for case in cases]
+    page = page_of(ev.knowledge)
+    return [replay(ev, case, mode, page) for case in cases]
 
 
 def run(ev: Evaluator, cases: list[ReplayCase], rules_dir: str | Path | None = None) -> dict[str, Any]:
@@ -183,7 +216,8 @@ def run(ev: Evaluator, cases: list[ReplayCase], rules_dir: str | Path | None = N
             futures = {mode: pool.submit(_replay_mode, str(rules_dir), cases, mode) for mode in MODES}
             by_mode = {mode: f.result() for mode, f in futures.items()}
     else:
-        by_mode = {mode: [replay(ev, case, mode) for case in cases] for mode in MODES}
+        page = page_of(ev.knowledge)
+        by_mode = {mode: [replay(ev, case, mode, page) for case in cases] for mode in MODES}
     out: dict[str, Any] = {}
     for mode in MODES:
         rows = by_mode[mode]

@@ -81,3 +81,50 @@ def test_a_bad_presentations_file_is_refused(knowledge, tmp_path: Path):
 
 def test_a_rule_set_without_the_file_has_no_priors(knowledge, tmp_path: Path):
     assert load_presentations(knowledge, tmp_path) == ()
+
+
+def test_question_groups_are_checked_findings_each_in_one_group(knowledge):
+    from service.knowledge.question_groups import load_question_groups
+
+    groups = load_question_groups(knowledge)
+    assert {"cauda_equina", "both_legs_nerves", "acute_limb_ischaemia", "clot_risk", "very_unwell"} <= {
+        g.id for g in groups}
+    items = [c for g in groups for c in g.items]
+    assert len(items) == len(set(items))  # one group per finding
+    for g in groups:
+        assert len(g.items) >= 2 and g.label and g.sources
+        assert all(knowledge.findings[c].type == "boolean" and not knowledge.findings[c].deprecated for c in g.items)
+        assert all(s in knowledge.sources for s in g.sources)
+    ces = next(g for g in groups if g.id == "cauda_equina")
+    # GIRFT 2023 asks bladder, bowel, saddle and sexual change as one screen.
+    must = {"urinary_retention", "saddle_anaesthesia", "faecal_incontinence_new", "sexual_dysfunction_new"}
+    assert must <= set(ces.items)
+
+
+def test_a_bad_question_group_stops_the_rule_set(knowledge, tmp_path):
+    from service.knowledge.question_groups import load_question_groups
+
+    src = Path(knowledge.rules_dir) / "presentations.yaml"
+    bad = src.read_text(encoding="utf-8") + (
+        "  - id: twice\n    label: Again?\n    items: [urinary_retention, no_such_code]\n    sources: [nowhere]\n")
+    (tmp_path / "presentations.yaml").write_text(bad, encoding="utf-8")
+    with pytest.raises(RuleLoadError) as err:
+        load_question_groups(knowledge, tmp_path)
+    text = str(err.value)
+    assert "already in group cauda_equina" in text and "no_such_code" in text and "nowhere" in text
+
+
+def test_the_page_asks_a_group_where_its_best_item_stands(evaluator, knowledge):
+    """ask_next ranks findings; the page asks the cauda equina screen as one question where its
+    first item stands, then the next question that is not in it."""
+    from service.web.interview import groups_by_item, next_asks
+
+    groups = groups_by_item(knowledge)
+    asks = _ask(evaluator, [{"code": "back_pain"}])
+    first, second = next_asks(asks, groups, set(), 2)
+    assert asks[0]["finding"] == "urinary_retention" and first.key == "cauda_equina"
+    assert first.codes == groups["urinary_retention"].items and first.first is asks[0]
+    assert second.key not in ("cauda_equina",) and not set(second.codes) & set(first.codes)
+    # An item answered is not asked again; the rest of its group still is.
+    again = next_asks(asks, groups, {"urinary_retention"}, 1)[0]
+    assert again.key == "cauda_equina" and "urinary_retention" not in again.codes

@@ -113,3 +113,23 @@ def test_nothing_is_loaded_from_outside_and_no_inline_script(client):
 def test_the_page_says_decision_support_not_diagnosis(client):
     _, html = parse(client)
     assert "Decision support, not a diagnosis" in html
+
+
+def test_the_page_carries_the_question_groups_for_its_script(client, knowledge):
+    """The interview's script reads the groups from a data attribute (no inline script): every
+    group of rules/presentations.yaml, with each item's short name and question."""
+    import html as html_mod
+    import json
+
+    from service.knowledge.question_groups import load_question_groups
+
+    _, page_html = parse(client)
+    found = re.search(r"data-groups='([^']*)'", page_html)
+    assert found, "the interview's questions carry no groups"
+    groups = json.loads(html_mod.unescape(found.group(1)))
+    assert [g["id"] for g in groups] == [g.id for g in load_question_groups(knowledge)]
+    ces = next(g for g in groups if g["id"] == "cauda_equina")
+    assert ces["label"].startswith("Since the pain started")
+    retention = next(i for i in ces["items"] if i["code"] == "urinary_retention")
+    assert retention == {"code": "urinary_retention", "display": knowledge.findings["urinary_retention"].display,
+                         "question": knowledge.findings["urinary_retention"].question}

@@ -1,5 +1,7 @@
 """What the interview page asks before ask_next takes over: age, sex, then one opening question,
-"What is the problem, and where?" (the complaints of rules/presentations.yaml and the pain sites).
+"What is the problem, and where?" (the complaints of rules/presentations.yaml and the pain sites),
+and how ask_next's ranked questions become the page's questions: a finding of a question group
+(rules/presentations.yaml, `question_groups`) is asked with the rest of its group, as one question.
 
 The opening's items are findings of the vocabulary (a nurse ticks what the patient says), so
 they reach the rules like any other answer; an item not ticked is simply not sent (not denied).
@@ -10,8 +12,13 @@ A ticked presentation also gives ask_next its red-flag screen and differential t
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from service.knowledge.model import Finding, Knowledge
 from service.knowledge.presentations import load_presentations
+from service.knowledge.question_groups import QuestionGroup, load_question_groups
 
 # Head to foot, as a patient points. Only codes the rule set holds are shown.
 PAIN_SITES = (
@@ -38,3 +45,44 @@ def complaints(k: Knowledge) -> list[tuple[Finding, str]]:
 def opening_codes(k: Knowledge) -> list[str]:
     """Every finding the opening question offers: the complaints, then the pain sites."""
     return [f.code for f, _ in complaints(k)] + [f.code for f in pain_sites(k)]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One question the page shows: a single finding of ask_next, or a group asked as one."""
+
+    group: QuestionGroup | None
+    codes: tuple[str, ...]  # the findings it answers (a group's items not answered yet)
+    first: dict[str, Any]  # the ask_next item that brought it up (the group's best-ranked item)
+
+    @property
+    def key(self) -> str:
+        return self.group.id if self.group else self.codes[0]
+
+
+def groups_by_item(k: Knowledge) -> dict[str, QuestionGroup]:
+    """Every grouped finding -> its group (a finding is in one group at most)."""
+    return {code: g for g in load_question_groups(k) for code in g.items}
+
+
+def next_asks(asks: list[dict[str, Any]], groups: Mapping[str, QuestionGroup], answered: Collection[str],
+              n: int) -> list[Ask]:
+    """The page's next `n` questions from ask_next's ranked list: in ask_next's order, a finding of a
+    group brings up its whole group (every item not answered yet, in the group's order) where its
+    best-ranked item stands. The ranking is ask_next's; grouping only asks the items together."""
+    out: list[Ask] = []
+    seen: set[str] = set()
+    for q in asks:
+        code = q.get("finding")
+        if code is None or code in answered:
+            continue
+        group = groups.get(code)
+        key = group.id if group else code
+        if key in seen:
+            continue
+        seen.add(key)
+        codes = tuple(c for c in group.items if c not in answered) if group else (code,)
+        out.append(Ask(group, codes, q))
+        if len(out) == n:
+            break
+    return out

@@ -7,9 +7,13 @@ Content-Security-Policy."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app, render_template
+from flask.blueprints import BlueprintSetupState
 
 from service.knowledge.model import Finding, Knowledge
+from service.knowledge.question_groups import load_question_groups
 from service.web.interview import complaints, pain_sites
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
@@ -40,11 +44,28 @@ def grouped_findings(k: Knowledge) -> list[tuple[str, str, list[Finding]]]:
     return groups
 
 
+def groups_for_page(k: Knowledge) -> list[dict[str, Any]]:
+    """The question groups as the page's script reads them (rules/presentations.yaml): the label
+    read aloud, and per item its code, its short name (the checkbox) and its own question."""
+    return [{"id": g.id, "label": g.label,
+             "items": [{"code": c, "display": k.findings[c].display, "question": k.findings[c].question}
+                       for c in g.items]}
+            for g in load_question_groups(k)]
+
+
+@bp.record_once
+def _load_groups(state: BlueprintSetupState) -> None:
+    # Read (and checked) once, when the service starts: a bad group stops it like a bad rule.
+    app = state.app
+    app.extensions["question_groups"] = groups_for_page(app.extensions["evaluator"].knowledge)
+
+
 @bp.get("/")
 def page() -> Response:
     k = current_app.extensions["evaluator"].knowledge
     html = render_template("index.html", groups=grouped_findings(k), sites=pain_sites(k),
-                           complaints=complaints(k), ruleset=k)
+                           complaints=complaints(k), ruleset=k,
+                           question_groups=current_app.extensions["question_groups"])
     resp = Response(html, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = CSP
     resp.headers["X-Content-Type-Options"] = "nosniff"

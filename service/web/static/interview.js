@@ -1,7 +1,11 @@
 // The interview: patient first, then one opening question (what the problem is and where: the
 // complaints and pain sites, each a finding), then the questions ask_next ranks highest (up to
-// three at a time: the red-flag screen of what was ticked first, then urgency, then the rest), with the answer so far beside them. Uses el(), evaluate(),
-// render() and TIER_WORDS from ui.js. Every value from the service is written as text.
+// three at a time: the red-flag screen of what was ticked first, then urgency, then the rest),
+// with the answer so far beside them. A finding of a question group (rules/presentations.yaml)
+// is asked with the rest of its group as one question, where its best-ranked item stands: one
+// checkbox per item, "None of these" and "Don't know" (as service/web/interview.py next_asks).
+// Uses el(), evaluate(), render() and TIER_WORDS from ui.js. Every value from the service is
+// written as text.
 "use strict";
 
 const SHOWN_AT_ONCE = 3;
@@ -11,7 +15,9 @@ const TIER_ORDER = ["routine", "soon", "urgent", "emergency"];
 const iv = {
   answers: new Map(), // code -> {present: true|false|null, value?}, in the order answered
   questions: new Map(), // code -> the ask_next item it was asked with (for the answered list)
-  pending: [], // codes shown in "Ask next", unanswered
+  groups: new Map(), // finding code -> its question group {id, label, items: [{code, display, question}]}
+  pending: [], // keys shown in "Ask next", unanswered: a finding code, or "group:" + a group's id
+  pendingCodes: new Set(), // the findings those questions ask (a group's items shown with it)
   version: 0, // bumped on every change of the answers
   inFlight: false, // one request at a time; the latest answers win
   last: null, // the latest answer rendered
@@ -105,6 +111,54 @@ function questionBox(q, a) {
   return box;
 }
 
+// A group as one question: the label read aloud, a checkbox per item not answered when it was
+// first shown (ticked: present, sent at once), then "None of these" (every item not ticked is
+// denied) or "Don't know" (every item not ticked is asked and not known).
+function groupBox(group, codes, first) {
+  const box = el("fieldset", { class: "iv-q iv-group", "data-group": group.id, id: "iv-g-" + group.id });
+  const tag = first.aim === "urgency" ? "Red-flag screen" : "Tells the causes apart";
+  box.append(el("legend", {}, group.label), el("span", { class: "iv-aim iv-aim-" + first.aim }, tag),
+    el("p", { class: "hint" }, "One question: tick what the patient says yes to."));
+  const items = el("div", { class: "sites iv-items" });
+  const byCode = new Map(group.items.map((i) => [i.code, i]));
+  for (const code of codes) {
+    const item = byCode.get(code);
+    const id = `iv-g-${group.id}-${code}`;
+    const input = el("input", { type: "checkbox", id, "data-code": code });
+    iv.questions.set(code, iv.questions.get(code) || { finding: code, display: item.display, question: item.question,
+      type: "boolean", aim: first.aim });
+    input.addEventListener("change", () => {
+      if (input.checked) iv.answers.set(code, { present: true });
+      else iv.answers.delete(code);
+      labelGroupButtons(box);
+      refresh();
+    });
+    items.append(el("span", { class: "site" }, input, el("label", { for: id }, item.display)));
+  }
+  const none = el("button", { type: "button", class: "secondary", id: `iv-g-${group.id}-none` }, "None of these");
+  const unknown = el("button", { type: "button", class: "secondary", id: `iv-g-${group.id}-unknown` }, "Don't know");
+  const rest = (present) => {
+    for (const input of box.querySelectorAll("input[data-code]")) {
+      if (!input.checked) iv.answers.set(input.dataset.code, { present });
+    }
+    box.classList.add("iv-answered");
+    document.getElementById("iv-done-empty").hidden = true;
+    refresh();
+  };
+  none.addEventListener("click", () => rest(false));
+  unknown.addEventListener("click", () => rest(null));
+  box.append(items, el("div", { class: "actions group-actions" }, none, unknown));
+  return box;
+}
+
+// With an item ticked, the buttons answer for the others.
+function labelGroupButtons(box) {
+  const some = box.querySelector("input[data-code]:checked") !== null;
+  const id = box.dataset.group;
+  document.getElementById(`iv-g-${id}-none`).textContent = some ? "No to the others" : "None of these";
+  document.getElementById(`iv-g-${id}-unknown`).textContent = some ? "Don't know the others" : "Don't know";
+}
+
 function setAnswer(q, a) {
   iv.answers.set(q.finding, a);
   iv.questions.set(q.finding, q);
@@ -122,7 +176,7 @@ function showAnswered() {
   const list = document.getElementById("iv-answered");
   const focused = document.activeElement;
   for (const [code, a] of iv.answers) {
-    if (iv.pending.includes(code)) continue;
+    if (iv.pendingCodes.has(code)) continue; // still in the question that asks it
     let box = document.getElementById("iv-q-" + code);
     if (box && box.parentElement === list) continue;
     if (box && box.contains(focused)) continue; // moved on the next refresh, not under the nurse's hands
@@ -133,26 +187,68 @@ function showAnswered() {
   }
 }
 
+// ask_next's ranked findings as the page's questions (service/web/interview.py next_asks): a
+// grouped finding brings up its group where its best-ranked item stands. A group already shown
+// stays as it is (its items ticked so far included) until it is answered.
+function nextAsks(findings, n) {
+  const out = [];
+  const seen = new Set();
+  // Answered: in the answers, or ticked in the opening (a group never asks those again).
+  const ticked = document.querySelectorAll("#iv-opening input[data-code]:checked");
+  const opened = new Set([...ticked].map((b) => b.dataset.code));
+  const answered = (c) => iv.answers.has(c) || opened.has(c);
+  for (const q of findings) {
+    const group = iv.groups.get(q.finding);
+    const key = group ? "group:" + group.id : q.finding;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const shown = group && document.getElementById("iv-g-" + group.id);
+    const codes = !group ? [q.finding]
+      : shown && shown.parentElement.id === "iv-questions" && !shown.classList.contains("iv-answered")
+        ? [...shown.querySelectorAll("input[data-code]")].map((i) => i.dataset.code)
+        : group.items.map((i) => i.code).filter((c) => !answered(c));
+    out.push({ key, group, codes, first: q });
+    if (out.length === n) break;
+  }
+  return out;
+}
+
+function boxOf(ask) {
+  return document.getElementById(ask.group ? "iv-g-" + ask.group.id : "iv-q-" + ask.first.finding);
+}
+
 function showQuestions(asks) {
   const holder = document.getElementById("iv-questions");
   const findings = asks.filter((q) => q.finding && !iv.answers.has(q.finding));
-  const next = findings.slice(0, SHOWN_AT_ONCE);
-  for (const q of next) iv.questions.set(q.finding, q);
-  iv.pending = next.map((q) => q.finding);
+  const next = nextAsks(findings, SHOWN_AT_ONCE);
+  for (const a of next) if (!a.group) iv.questions.set(a.first.finding, a.first);
+  iv.pending = next.map((a) => a.key);
+  iv.pendingCodes = new Set(next.flatMap((a) => a.codes));
   // Keyed update: a question still shown keeps its element (no flicker, focus kept).
   for (const box of [...holder.children]) {
-    if (!iv.pending.includes(box.dataset.code) && !box.contains(document.activeElement)) box.remove();
+    const key = box.dataset.group ? "group:" + box.dataset.group : box.dataset.code;
+    if (!iv.pending.includes(key) && !box.contains(document.activeElement)) box.remove();
+    else if (box.dataset.group && box.contains(document.activeElement)) {
+      for (const i of box.querySelectorAll("input[data-code]")) iv.pendingCodes.add(i.dataset.code);
+    }
   }
-  for (const q of next) {
-    const box = document.getElementById("iv-q-" + q.finding) || questionBox(q, undefined);
-    holder.append(box);
-  }
+  next.forEach((a, i) => {
+    let box = boxOf(a);
+    if (box && box.dataset.group && box.classList.contains("iv-answered") && !box.contains(document.activeElement)) {
+      box.remove(); // answered before, and asked again for the items still open
+      box = null;
+    }
+    box = box || (a.group ? groupBox(a.group, a.codes, a.first) : questionBox(a.first, undefined));
+    // Moved only when out of place: moving the element under the nurse's hands would drop focus.
+    const at = holder.children[i];
+    if (at !== box) holder.insertBefore(box, at || null);
+  });
   showAnswered();
   const patient = asks.filter((q) => q.patient).map((q) => q.display.toLowerCase());
   const stage = document.getElementById("iv-stage");
   if (patient.length) stage.textContent = `Give the patient's ${patient.join(" and ")} (step 1): rules depend on it.`;
   else if (!next.length) stage.textContent = "No more questions: nothing left to ask would change the answer.";
-  else if (next[0].aim === "urgency") stage.textContent = "Red-flag screen: questions that could raise the urgency.";
+  else if (next[0].first.aim === "urgency") stage.textContent = "Red-flag screen: questions that could raise the urgency.";
   else if (findings.some((q) => q.aim === "urgency")) {
     // The ticked problem's own questions come first; the screen for other causes follows them.
     stage.textContent = "These questions tell the causes of this problem apart; red-flag questions for other causes follow.";
@@ -281,6 +377,7 @@ function restart() {
   iv.answers.clear();
   iv.questions.clear();
   iv.pending = [];
+  iv.pendingCodes = new Set();
   iv.last = null;
   iv.version += 1;
   document.getElementById("iv-age").value = "";
@@ -298,6 +395,9 @@ function restart() {
 
 document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("questionnaire");
+  for (const group of JSON.parse(document.getElementById("iv-questions").dataset.groups || "[]")) {
+    for (const item of group.items) iv.groups.set(item.code, group);
+  }
   document.getElementById("iv-age").addEventListener("change", refresh);
   document.getElementById("iv-sex").addEventListener("change", refresh);
   for (const box of document.querySelectorAll("#iv-opening input[data-code]")) box.addEventListener("change", refresh);

@@ -1,0 +1,93 @@
+"""Question groups: red flags that triage asks as one question (rules/presentations.yaml,
+`question_groups`).
+
+A guideline's screen is often one question with several parts: the GIRFT cauda equina pathway
+asks bladder, bowel, saddle and sexual change together, ESVS asks the "6 Ps" of an ischaemic leg
+together. A group names such a cluster: a label the nurse reads aloud, its items (yes/no findings
+of the vocabulary, each in one group at most) and its sources. Groups change nothing in what
+ask_next ranks or what the rules read: the nurse page (service/web/interview.py) asks the items of
+the group its top question belongs to as one question, one checkbox each.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from service.errors import LoadProblem, RuleLoadError
+from service.knowledge.loader import StrictLoader
+from service.knowledge.model import Knowledge
+from service.knowledge.presentations import FILE
+
+ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class QuestionGroup:
+    id: str
+    label: str
+    items: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+def load_question_groups(k: Knowledge, rules_dir: Path | None = None) -> tuple[QuestionGroup, ...]:
+    """The rule set's question groups, checked against its vocabulary and sources; () without them."""
+    folder = rules_dir or k.rules_dir
+    path = Path(folder) / FILE if folder is not None else None
+    if path is None or not path.exists():
+        return ()
+    try:
+        # Bandit B506: StrictLoader is a SafeLoader that also refuses a repeated key.
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # nosec B506
+    except yaml.YAMLError as exc:
+        raise RuleLoadError([LoadProblem(FILE, None, f"not valid YAML: {exc}")]) from exc
+    items = doc.get("question_groups", []) if isinstance(doc, dict) else []
+    if not isinstance(items, list):
+        raise RuleLoadError([LoadProblem(FILE, None, "question_groups must be a list")])
+    problems: list[str] = []
+    out: list[QuestionGroup] = []
+    owner: dict[str, str] = {}  # item -> the group that holds it
+    for i, item in enumerate(items):
+        where = f"question_groups[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not ID.match(item["id"]):
+            problems.append(f"{where}: needs an id (lower case letters, digits, _)")
+            continue
+        gid = item["id"]
+        where = f"{where} ({gid})"
+        extra = set(item) - {"id", "label", "items", "sources"}
+        if extra:
+            problems.append(f"{where}: unknown key(s) {sorted(extra)}")
+        if any(g.id == gid for g in out):
+            problems.append(f"{where}: id listed twice")
+        label = item.get("label")
+        if not isinstance(label, str) or not label.strip():
+            problems.append(f"{where}: label must be the question the nurse reads aloud")
+            label = gid
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("items", "sources"):
+            value = item.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{where}: {key} must be a list of codes")
+                value = []
+            lists[key] = tuple(value)
+        if len(lists["items"]) < 2:
+            problems.append(f"{where}: a group asks two items or more")
+        for code in lists["items"]:
+            f = k.findings.get(code)
+            if f is None or f.type != "boolean" or f.deprecated:
+                problems.append(f"{where}: {code!r} is not a current yes/no finding of the vocabulary")
+            if code in owner:
+                problems.append(f"{where}: {code} is already in group {owner[code]}")
+            owner.setdefault(code, gid)
+        if not lists["sources"]:
+            problems.append(f"{where}: give the sources that ask these together")
+        for s in lists["sources"]:
+            if s not in k.sources:
+                problems.append(f"{where}: source {s!r} is not in sources.yaml")
+        out.append(QuestionGroup(gid, " ".join(label.split()), lists["items"], lists["sources"]))
+    if problems:
+        raise RuleLoadError([LoadProblem(FILE, None, p) for p in problems])
+    return tuple(out)
