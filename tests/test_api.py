@@ -154,6 +154,27 @@ def test_catalogues(mini_client, mini_knowledge, name):
     assert len(items) == len(getattr(mini_knowledge, name if name != "red_flags" else "red_flags"))
 
 
+def test_question_groups_list_the_pages_grouped_questions(client, knowledge):
+    """GET /v1/question_groups: what the nurse page asks as one question, so that an EHR building
+    its own interview from ask_next can ask the same cluster (the cauda equina screen...). Every
+    item is a yes/no finding of GET /v1/findings, in one group only, and every source is cited."""
+    groups = client.get("/v1/question_groups").get_json()["items"]
+    findings = {f["code"]: f for f in client.get("/v1/findings").get_json()["items"]}
+    sources = {s["id"] for s in client.get("/v1/sources").get_json()["items"]}
+    assert len(groups) >= 10
+    items = [i for g in groups for i in g["items"]]
+    assert len(items) == len(set(items))
+    for g in groups:
+        assert g["label"] and g["items"] and set(g["sources"]) <= sources
+        assert all(findings[i]["type"] == "boolean" and not findings[i].get("deprecated") for i in g["items"])
+    ces = next(g for g in groups if "saddle_anaesthesia" in g["items"])
+    assert {"urinary_retention", "urinary_incontinence_new"} <= set(ces["items"])
+
+
+def test_no_question_groups_without_presentations(mini_client):
+    assert mini_client.get("/v1/question_groups").get_json() == {"items": []}
+
+
 def test_one_rule_reads_like_its_yaml(mini_client):
     rule = mini_client.get("/v1/rules/mini.a_not_blocker").get_json()
     assert rule["when"] == {"all": [{"finding": "a"}], "none": [{"finding": "blocker"}]}

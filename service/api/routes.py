@@ -63,7 +63,7 @@ def _catalogues(k: Knowledge) -> dict[str, bytes]:
     return cache
 
 
-@bp.get("/v1/<any(findings, conditions, tests, rules, sources, red_flags, advice):name>")
+@bp.get("/v1/<any(findings, conditions, tests, rules, sources, red_flags, advice, question_groups):name>")
 def catalogue(name: str) -> Response:
     return Response(_catalogues(_evaluator().knowledge)[name], mimetype=JSON)
 

@@ -94,6 +94,7 @@ def build_spec() -> dict[str, Any]:
         ("sources", "The source documents and guidelines the rules cite"),
         ("red_flags", "Red flags and the tier each forces"),
         ("advice", "Self-care advice and the highest tier it may be given at"),
+        ("question_groups", "Questions the nurse page asks as one: label, items (finding codes), sources"),
     ]:
         responses = _items(what)
         if name == "findings":

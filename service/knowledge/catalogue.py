@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.knowledge.model import Group, Knowledge, Leaf, Rule
+from service.knowledge.question_groups import load_question_groups
 
 
 def _codes(codes: Any) -> list[dict[str, Any]]:
@@ -103,5 +104,12 @@ def catalogue_items(k: Knowledge) -> dict[str, list[dict[str, Any]]]:
         "advice": [
             {"code": a.code, "text": a.text, "max_tier": a.max_tier, "sources": list(a.sources)}
             for a in k.advice.values()
+        ],
+        # The red-flag screens the nurse page asks as one question (issue 16), for clients that
+        # build their own interview from ask_next: a question whose finding is an item brings up
+        # the whole group.
+        "question_groups": [
+            {"id": g.id, "label": g.label, "items": list(g.items), "sources": list(g.sources)}
+            for g in load_question_groups(k)
         ],
     }
