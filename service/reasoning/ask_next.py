@@ -45,13 +45,15 @@ six: rules on age can never fire without it, and a nurse can answer it at once.
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING, Any
 
-from service.knowledge.model import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
+from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
 from service.knowledge.presentations import Presentation, load_presentations
 from service.reasoning import aliases
+from service.reasoning.ask_next_bits import PATIENT_KEYS, LeafBits, RuleBits, Test
 from service.reasoning.ask_next_plan import Contribution, Read, StaticPlan, combine
-from service.reasoning.engine import EngineResult, Fact, compare, leaf_matches
+from service.reasoning.engine import EngineResult, Fact, normalise_number
 
 TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
 
@@ -63,16 +65,12 @@ if TYPE_CHECKING:
 # and three slots dropped saddle sensation. Three differential slots, as before.
 URGENCY_SLOTS = 4
 DIFFERENTIAL_SLOTS = 3
-# Unknown patient attributes in the three-valued reading, kept apart from finding codes.
-PATIENT_KEYS = {"age": "patient:age", "sex": "patient:sex"}
 PATIENT_QUESTIONS = {
     "age": ("Age", "How old is the patient, in years?", "number", "a"),
     "sex": ("Sex", "What is the patient's sex?", "choice", None),
 }
-MAX_UNKNOWN_PER_RULE = 2
 # The `why` of a question whose "yes" would stop the rule that holds the tier (see _lowering).
 LOWERS_LEAD = "Could lower the urgency (the rule that sets it does not apply if present)"
-_TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
 
 Impact = tuple[float, float]  # (urgency, differential)
 
@@ -80,18 +78,17 @@ Impact = tuple[float, float]  # (urgency, differential)
 class _Plan:
     """One rule, read once: what ask_next needs of it on every request."""
 
-    __slots__ = ("all_groups", "all_leaves", "gate_keys", "gates", "leaves", "pos", "rule", "score")
+    __slots__ = ("bits", "derive", "facts_read", "pos", "rule", "score")
 
-    def __init__(self, rule: Rule, pos: int) -> None:
+    def __init__(self, rule: Rule, pos: int, bits: RuleBits) -> None:
         self.rule = rule
         self.pos = pos  # index in the rule set: credits are summed in this order
-        self.leaves = rule.when.positive_leaves()
-        self.all_leaves = [i for i in rule.when.all if isinstance(i, Leaf)]
-        self.all_groups = [i for i in rule.when.all if isinstance(i, Group)]
-        # Top-level `all` leaves on input findings: one known to fail rules the rule out at once.
-        self.gates = [i for i in self.all_leaves if i.kind == "finding"]
-        self.gate_keys = frozenset(g.key for g in self.gates)
+        self.bits = bits  # its leaves as bits (service/reasoning/ask_next_bits.py)
         self.score = rule.then.score
+        self.derive = rule.then.derive
+        # The derived facts it reads: a deriver reading a pending fact is read again.
+        self.facts_read = frozenset(leaf.key for leaf in [*rule.when.positive_leaves(), *rule.when.none]
+                                    if leaf.kind == "fact")
 
 
 class QuestionRanker:
@@ -106,7 +103,9 @@ class QuestionRanker:
         # The highest tier firing each rule could lead to (its own tier, its red flag's, and what
         # the facts it derives lead to): how much a question could still change the tier.
         self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
-        self.plans = [_Plan(rule, i) for i, rule in enumerate(k.rules)]
+        self.bits = LeafBits(k.rules)
+        self.plans = [_Plan(rule, i, self.bits.rules[i]) for i, rule in enumerate(k.rules)]
+        self.pos_of = {rule.id: i for i, rule in enumerate(k.rules)}
         self.umbrellas = aliases.umbrellas(k)  # deprecated bundled findings: asked as their atoms
         # The opening's complaints and what to ask first for each (rules/presentations.yaml).
         self.presentations: tuple[Presentation, ...] = load_presentations(k)
@@ -130,31 +129,41 @@ class QuestionRanker:
                 if leaf.kind == "patient" and rule.id not in self.patient_rules.get(leaf.key, []):
                     self.patient_rules.setdefault(leaf.key, []).append(rule.id)
         # score id -> the rules that test it (thresholds), for score items' worth
-        self.thresholds: dict[str, list[tuple[Rule, list[Leaf]]]] = {}
+        self.thresholds: dict[str, list[tuple[Rule, list[Test]]]] = {}
         for rule in k.rules:
             tests = [leaf for leaf in rule.when.positive_leaves() if leaf.kind == "score"]
             for sid in {leaf.key for leaf in tests}:
-                self.thresholds.setdefault(sid, []).append((rule, [t for t in tests if t.key == sid]))
+                self.thresholds.setdefault(sid, []).append(
+                    (rule, [Test(t.op, t.value) for t in tests if t.key == sid]))
         # Issue 18 part 2: every rule read once at load as if the request touched nothing of it
         # (no finding it tests sent, no fact it reads derived or pending, no patient attribute or
         # score it reads given), per tier (service/ask_next_plan.py); a request reads only the
-        # rules it touches and recomputes the findings they credit.
-        nothing: Any = ({}, Fact("patient", "patient"), set(), {}, {}, frozenset())
-        self.static = StaticPlan(
-            k.rules, {p.pos: _assess(p, nothing) for p in self.derivers},
-            {tier: [(p.pos, self._read(p, u, d, nothing, set(), tier)) for p, u, d in cands]
-             for tier, cands in self.candidates.items()})
+        # rules it touches and recomputes the findings whose credit they change.
+        f0 = self.bits.facts_all | self.bits.scores_all  # nothing derived, no score: those leaves fail
+        untouched = {p.pos: (a[0] if (a := p.bits.assess(0, f0, {})) else None) for p in self.derivers}
+        reads: dict[str, list[tuple[int, Read | None]]] = {}
+        for tier, cands in self.candidates.items():
+            reads[tier] = []
+            for p, u, d in cands:
+                r = self._read(p, u, d, 0, f0, {}, {}, set(), tier, {})
+                reads[tier].append((p.pos, None if r is None else (
+                    r[0], r[1], p.bits.alternatives(r[2], r[3], r[1]), r[4])))
+        self.static = StaticPlan(k.rules, untouched, reads)
         # Per tier: candidate rule index -> (its plan, urgency, differential), for touched rules.
         self.by_pos: dict[str, dict[int, tuple[_Plan, float, float]]] = {
             tier: {p.pos: (p, u, d) for p, u, d in cands} for tier, cands in self.candidates.items()}
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
-        fired = {f.rule_id for f in result.firings}
+        fired_ids = {f.rule_id for f in result.firings}
+        pos_of = self.pos_of
+        fired = {pos_of[r] for r in fired_ids}
         derived = {name for f in result.firings for name in f.derived}
         known = {f.key: f for f in facts if f.kind == "finding"}
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
-        pending: dict[str, frozenset[str]] = {}
-        ctx = (known, patient, derived, result.scores, pending, enc.unknown)
+        scores = result.scores
+        bits = self.bits
+        # Every leaf of every rule, read once: T holds, F fails, the rest unknown.
+        t, f = bits.state(known, enc.unknown, patient, derived, scores)
         static = self.static
         # What the request holds that some rule reads: those rules are read below, the others'
         # credits come from the static tables.
@@ -162,48 +171,66 @@ class QuestionRanker:
         static.touched(enc.unknown, touched)
         static.touched([key for attr, key in PATIENT_KEYS.items()
                         if (enc.age if attr == "age" else enc.sex) is not None], touched)
-        static.touched([f"score:{sid}" for sid in result.scores], touched)
+        static.touched([f"score:{sid}" for sid in scores], touched)
         static.touched([f"fact:{name}" for name in derived], touched)
+        pending: dict[str, frozenset[str]] = {}
         for plan in self.derivers:
-            if plan.rule.id not in fired:
-                if plan.pos not in touched and not static.reads(plan.pos, [f"fact:{n}" for n in pending]):
-                    assessed = static.untouched[plan.pos]
-                    needed = assessed[0] if assessed else None
-                else:
-                    needed = self._near_miss(plan, known, ctx)
-                for name in plan.rule.then.derive if needed else ():
-                    if name not in derived and (name not in pending or len(needed) < len(pending[name])):
-                        pending[name] = needed  # type: ignore[assignment]
+            if plan.pos in fired:
+                continue
+            if plan.pos not in touched and not plan.facts_read.intersection(pending):
+                needed = static.untouched[plan.pos]
+            else:
+                assessed = plan.bits.assess(t, f, pending)
+                needed = assessed[0] if assessed else None
+            if not needed:
+                continue
+            for name in plan.derive:
+                if name not in derived and (name not in pending or len(needed) < len(pending[name])):
+                    if name not in pending:
+                        f &= ~bits.facts.get(name, 0)  # pending: its leaves are unknown, not failing
+                    pending[name] = needed
         static.touched([f"fact:{name}" for name in pending], touched)
 
         table = static.tiers[tier]
         by_pos = self.by_pos[tier]
-        gains: dict[str, list[Contribution]] = {}
+        before = table.read_of
         related: set[str] = set()  # could complete an urgency rule that a finding given already supports
-        alt_gains: dict[str, list[Contribution]] = {}
+        near: list[tuple[RuleBits, Contribution, frozenset[str], int, int]] = []  # touched near misses
+        changed: set[int] = set()  # touched rules whose contribution differs from the static one
+        affected: set[str] = set()  # the findings they credit (now or in the static tables)
+        gains: dict[str, list[Contribution]] = {}
+        memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
         for i in sorted(touched):
             row = by_pos.get(i)
-            read = self._read(*row, ctx, fired, tier) if row else None
-            if read is None:
+            if row is None:
                 continue
-            c, needed, alternatives, supported = read
+            read = None if i in fired else self._read(*row, t, f, pending, scores, fired_ids, tier, memo)
+            old = before.get(i)
+            if read is None:
+                if old is not None:
+                    changed.add(i)
+                    affected.update(old[1])
+                continue
+            c, needed, lt, lf, supported = read
             if supported:
                 related.update(needed)
-            for code in alternatives:
-                alt_gains.setdefault(code, []).append(c)
+            near.append((row[0].bits, c, needed, lt, lf))
+            if old is not None:
+                if old[0] == c and old[1] == needed:
+                    continue  # as in the static tables
+                affected.update(old[1])
+            changed.add(i)
             for code in needed:
+                affected.add(code)
                 gains.setdefault(code, []).append(c)
 
-        # The static tables, with the findings that a rule read here credits recomputed (the
-        # untouched rules' contributions and this request's, in rule order).
+        # The static tables, with the findings whose contributions changed recomputed (the
+        # unchanged rules' contributions and this request's, in rule order).
         credit = dict(table.credit)
         reasons = dict(table.reasons)
         reach = dict(table.reach)  # code -> the highest tier rank a rule it could complete leads to
-        affected = set(gains)
-        for i in touched:
-            affected.update(table.rule_codes.get(i, ()))
         for code in affected:
-            items = _merged(table.gains.get(code, ()), touched, gains.get(code))
+            items = _merged(table.gains.get(code, ()), changed, gains.get(code))
             if items:
                 credit[code], reasons[code], reach[code] = combine(items)
             else:
@@ -216,8 +243,10 @@ class QuestionRanker:
         # The presentations the request holds put their lists first: their red-flag screen, then
         # their differential, each question only while a rule it could complete is left.
         screen, between = self._priors(known, enc.unknown)
-        for code in screen + between:
-            if code not in credit:
+        wanted = [code for code in screen + between if code not in credit]
+        if wanted:
+            alt_gains = _alternatives(near, wanted)
+            for code in wanted:
                 items = _merged(table.alt.get(code, ()), touched, alt_gains.get(code))
                 if items:
                     credit[code], reasons[code], reach[code] = combine(items)
@@ -227,19 +256,29 @@ class QuestionRanker:
         prior_d = [c for c in screen + between if c in credit and sum(credit[c]) > 0 and c not in prior_u]
         taken = set(prior_u) | set(prior_d)
         # Then the urgency questions of rules the answers already half-meet, before a screen for
-        # causes nothing points to yet; then the questions that could lower the tier.
-        urgent = sorted((c for c in findings if credit[c][0] > 0 and c not in taken), key=lambda c: (-credit[c][0], c))
-        related_u = [c for c in urgent if c in related]
-        other_u = [c for c in urgent if c not in related]
+        # causes nothing points to yet; then the questions that could lower the tier. Only the
+        # best few of each list are asked, so they are picked (heapq.nsmallest: the same as the
+        # first n of the sorted list) rather than sorted whole.
+        urgent_all: list[str] = []
+        differential_all: list[str] = []
+        for c in findings:
+            if c not in taken:
+                u, d = credit[c]
+                if u > 0:
+                    urgent_all.append(c)
+                elif d > 0:
+                    differential_all.append(c)
+        urgent_set = set(urgent_all)
         blockers, holders = self._lowering(result, known, enc.unknown, tier)
-        lowering = [c for c in blockers if c not in prior_u and c not in urgent]
+        lowering = [c for c in blockers if c not in prior_u and c not in urgent_set]
         prior_d = [c for c in prior_d if c not in lowering]
-        other_d = sorted((c for c in findings if credit[c][1] > 0 and c not in taken and c not in urgent
-                          and c not in lowering), key=lambda c: (-credit[c][1], c))
+        other_all = [c for c in differential_all if c not in lowering] if lowering else differential_all
         if limit is None:
             # Beyond the presentations' screens, the four slots go by credit as before issue 16,
             # so that a request holding no presentation gets the same urgency questions.
+            urgent = _best(urgent_all, URGENCY_SLOTS - len(prior_u), credit, 0)
             by_urgency = (prior_u + urgent)[:URGENCY_SLOTS]
+            other_d = _best(other_all, DIFFERENTIAL_SLOTS + len(by_urgency), credit, 1)
             by_differential = [c for c in lowering + prior_d + other_d if c not in by_urgency][:DIFFERENTIAL_SLOTS]
             group = {c: i for i, c in enumerate(prior_u + lowering + prior_d)}
             chosen = sorted(by_urgency + by_differential,
@@ -247,6 +286,9 @@ class QuestionRanker:
         else:
             # An interview asks the urgency questions first: the tier must settle before the
             # differential. The presentation's own questions come before those of the others.
+            related_u = _best([c for c in urgent_all if c in related], limit, credit, 0)
+            other_u = _best([c for c in urgent_all if c not in related], limit, credit, 0)
+            other_d = _best(other_all, limit, credit, 1)
             chosen = (prior_u + lowering + prior_d + related_u + other_u + other_d)[:limit]
             by_urgency = prior_u + related_u + other_u
         for code in lowering:
@@ -261,34 +303,28 @@ class QuestionRanker:
                                        _tier_change(reach.get(code, 0), current), code in lowering)
                         for code in chosen]
 
-    def _read(self, plan: _Plan, urgency: float, differential: float, ctx: Any, fired: set[str],
-              tier: str) -> Read | None:
-        """What one rule gives the findings it needs, or None: its scaled credit, the one or two
-        findings, the other options of its `any` groups, and whether a finding given or a fact
+    def _read(self, plan: _Plan, urgency: float, differential: float, t: int, f: int,
+              pending: dict[str, frozenset[str]], scores: Any, fired: set[str], tier: str,
+              memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[
+                  Contribution, frozenset[str], int, int, bool] | None:
+        """What one rule (not fired) gives the findings it needs, or None: its scaled credit, the
+        one or two findings, its leaves' T and F bits, and whether a finding given or a fact
         derived already supports it (for urgency)."""
-        rule = plan.rule
-        if rule.id in fired:
-            return None
-        assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
+        assessed = plan.bits.assess(t, f, pending)  # first: most rules are no near miss
         if assessed is None:
             return None
-        known, _, derived, scores, _, unknown = ctx
+        rule = plan.rule
         top = self.reach[rule.id]
         if plan.score:
-            cu, cd, crossed = self._crossing(plan.score, scores, fired, tier)
+            cu, cd, crossed = self._crossing(plan.score, scores, fired, tier, memo)
             urgency, differential = urgency + cu, differential + cd
             top = max(top, crossed)
         if urgency + differential <= 0:
             return None
-        needed, satisfied = assessed
-        scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
-        supported = urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves)
-        # The other options of its `any` groups (only the first is in `needed`): a
-        # presentation's screen may ask them (new urinary or new faecal incontinence).
-        alternatives = [leaf.key for leaf in plan.leaves if leaf.kind == "finding" and leaf.key not in needed
-                        and leaf.key not in known and leaf.key not in unknown]
-        c = Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top)
-        return c, needed, alternatives, supported
+        needed, satisfied, lt, lf = assessed
+        scale = (1 + satisfied) / (1 + plan.bits.size) / len(needed)
+        supported = urgency > 0 and bool(lt & plan.bits.holds_m)
+        return Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top), needed, lt, lf, supported
 
     def _lowering(self, result: EngineResult, known: dict[str, Fact], asked: frozenset[str],
                   tier: str) -> tuple[list[str], list[str]]:
@@ -373,31 +409,37 @@ class QuestionRanker:
             "rules": list(rules),  # the static tables' lists are shared by every request
         }
 
-    @staticmethod
-    def _near_miss(plan: _Plan, known: dict[str, Fact], ctx: Any) -> frozenset[str] | None:
-        """The unknown findings (one or two) that would fire this rule, or None."""
-        assessed = _assess(plan, ctx)
-        return assessed[0] if assessed else None
-
-    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> tuple[float, float, int]:
+    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str,
+                  memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[float, float, int]:
         """Worth of a score item: the impact of the unfired threshold rules its points would satisfy,
-        and the highest tier those rules lead to."""
+        and the highest tier those rules lead to (the same for every item of equal points: `memo`,
+        one request's)."""
+        hit = memo.get(score)
+        if hit is not None:
+            return hit
         sid, points = score
         value = scores.get(sid, 0) + points
         best: Impact = (0.0, 0.0)
         top = 0
+        number = None
         for threshold, tests in self.thresholds.get(sid, []):
-            if threshold.id not in fired and all(compare(value, leaf.op, leaf.value) for leaf in tests):
+            if threshold.id in fired:
+                continue
+            if number is None:
+                number = normalise_number(value)
+            if all(t.holds(number, value) for t in tests):
                 candidate = self.impact[threshold.id][tier]
                 top = max(top, self.reach[threshold.id])
                 if sum(candidate) > sum(best):
                     best = candidate
-        return best[0], best[1], top
+        memo[score] = out = (best[0], best[1], top)
+        return out
 
 
-def _merged(static: Any, touched: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
-    """One finding's contributions: the untouched rules' (static) and this request's, in rule order."""
-    items = [c for c in static if c.pos not in touched]
+def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
+    """One finding's contributions: the static ones of the rules not `replaced` and this
+    request's, in rule order."""
+    items = [c for c in static if c.pos not in replaced]
     if dynamic:
         if items:
             items += dynamic
@@ -405,6 +447,27 @@ def _merged(static: Any, touched: set[int], dynamic: list[Contribution] | None) 
         else:
             items = dynamic
     return items
+
+
+def _alternatives(near: list[tuple[RuleBits, Contribution, frozenset[str], int, int]],
+                  wanted: list[str]) -> dict[str, list[Contribution]]:
+    """The touched near misses' contributions to `wanted` as one of their other options (an
+    unknown positive finding leaf not needed), in rule order, once per leaf."""
+    want = set(wanted)
+    out: dict[str, list[Contribution]] = {}
+    for rb, c, needed, lt, lf in near:
+        for code in rb.alternatives(lt, lf, needed):
+            if code in want:
+                out.setdefault(code, []).append(c)
+    return out
+
+
+def _best(codes: list[str], n: int, credit: dict[str, Impact], part: int) -> list[str]:
+    """The first `n` of `codes` sorted by credit (`part`: 0 urgency, 1 differential), highest
+    first, then by code."""
+    if n <= 0:
+        return []
+    return heapq.nsmallest(n, codes, key=lambda c: (-credit[c][part], c))
 
 
 def _by_pos(c: Contribution) -> int:
@@ -451,95 +514,3 @@ def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozense
             u, d = max(impacts, key=sum)
             urgency, differential = urgency + u, differential + d
     return urgency, differential
-
-
-def _holds(leaf: Leaf, known: dict[str, Fact], derived: set[str]) -> bool:
-    """A finding given (and matching) or a fact derived: the presentation already points here."""
-    if leaf.kind == "finding":
-        fact = known.get(leaf.key)
-        return fact is not None and leaf_matches(leaf, fact)
-    return leaf.kind == "fact" and leaf.key in derived
-
-
-def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
-    """frozenset() = true; frozenset({code, ...}) = unknown, needs those findings; None = false."""
-    known, patient, derived, scores, pending, asked_unknown = ctx
-    if leaf.kind == "finding":
-        fact = known.get(leaf.key)
-        if fact is None:
-            if leaf.key in asked_unknown:
-                # Asked, and nobody knows: no question can complete a rule through it, so the
-                # interview moves on (read as false for ranking only; the rules never see it).
-                return None
-            return frozenset({leaf.key})
-        return _TRUE if leaf_matches(leaf, fact) else None
-    if leaf.kind == "patient":
-        if (patient.value if leaf.key == "age" else patient.choice) is None:
-            return frozenset({PATIENT_KEYS[leaf.key]})  # not given: unknown, like an unreported finding
-        return _TRUE if leaf_matches(leaf, patient) else None
-    if leaf.kind == "fact":
-        return _TRUE if leaf.key in derived else pending.get(leaf.key)
-    value = scores.get(leaf.key)
-    if value is None:
-        return None
-    return _TRUE if compare(value, leaf.op, leaf.value) else None
-
-
-def _assess(plan: _Plan, ctx: Any) -> tuple[frozenset[str], int] | None:
-    """A near miss: (the one or two unknown findings that would fire the rule, how many of its
-    tests already hold), or None. One pass, leaving at the first test known to fail, or as soon
-    as more than two findings would be needed: most rules leave at their first test."""
-    known = ctx[0]
-    # Cheapest of all: a top-level finding answered "unknown" (and not known otherwise: an old
-    # bundled code can be both, set from its atoms) can never hold, and more than two unanswered
-    # ones need more than two questions (either way no near miss, as below).
-    if plan.gate_keys:
-        if len(plan.gate_keys.difference(known)) > MAX_UNKNOWN_PER_RULE:
-            return None
-        asked = plan.gate_keys.intersection(ctx[5])
-        if asked and asked.difference(known):
-            return None
-    for g in plan.gates:  # a known input finding that fails
-        fact = known.get(g.key)
-        if fact is not None and not leaf_matches(g, fact):
-            return None
-    rule = plan.rule
-    for leaf in rule.when.none:
-        if _leaf(leaf, ctx) is _TRUE:
-            return None
-    needed: set[str] = set()
-    satisfied = 0
-    for leaf in plan.all_leaves:
-        r = _leaf(leaf, ctx)
-        if r is None:
-            return None
-        if r:
-            needed |= r
-            if len(needed) > MAX_UNKNOWN_PER_RULE:
-                return None
-        else:
-            satisfied += 1
-    nested = list(plan.all_groups)
-    if rule.when.any:
-        nested.append(Group("any", rule.when.any))
-    for group in nested:
-        r = _group(group.mode, group.items, ctx)
-        if r is None:
-            return None
-        needed |= r
-        satisfied += sum(1 for leaf in group.leaves() if _leaf(leaf, ctx) is _TRUE)
-    if not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
-        return None
-    return frozenset(needed), satisfied
-
-
-def _group(mode: str, items: tuple[Leaf | Group, ...], ctx: Any) -> frozenset[str] | None:
-    results = [_group(i.mode, i.items, ctx) if isinstance(i, Group) else _leaf(i, ctx) for i in items]
-    if mode == "all":
-        if any(r is None for r in results):
-            return None
-        return frozenset().union(*results) if results else _TRUE
-    options = [r for r in results if r is not None]
-    if not options:
-        return None
-    return min(options, key=lambda r: (len(r), sorted(r)))

@@ -47,22 +47,25 @@ def dependencies(rule: Rule) -> frozenset[str]:
     return frozenset(out)
 
 
-def worth(gains: Iterable[float]) -> float:
+def worth(gains: list[float]) -> float:
     """A finding's worth from its contributions: the strongest plus a tenth of the others, summed
     in rule order (summing would let ten correlated Wells items drown a decisive question)."""
-    g = list(gains)
-    return max(g) + BREADTH * (sum(g) - max(g)) if g else 0.0
+    if not gains:
+        return 0.0
+    strongest = max(gains)
+    return strongest + BREADTH * (sum(gains) - strongest)
 
 
 class StaticTier:
     """For one current tier: every finding's credit from every rule, none of them touched."""
 
-    __slots__ = ("alt", "credit", "gains", "reach", "reasons", "rule_codes")
+    __slots__ = ("alt", "credit", "gains", "reach", "read_of", "reasons", "rule_codes")
 
     def __init__(self) -> None:
         self.gains: dict[str, list[Contribution]] = {}  # finding -> contributions, rule order
         self.alt: dict[str, list[Contribution]] = {}  # the other options of `any` groups, the same
         self.rule_codes: dict[int, tuple[str, ...]] = {}  # rule pos -> the findings it credits
+        self.read_of: dict[int, tuple[Contribution, frozenset[str]]] = {}  # rule pos -> what it gives
         self.credit: dict[str, Impact] = {}
         self.reasons: dict[str, list[str]] = {}
         self.reach: dict[str, int] = {}
@@ -73,6 +76,7 @@ class StaticTier:
         for code in alternatives:
             self.alt.setdefault(code, []).append(c)
         self.rule_codes[c.pos] = tuple(needed)
+        self.read_of[c.pos] = (c, needed)
 
     def seal(self) -> None:
         for code, items in self.gains.items():
@@ -81,8 +85,8 @@ class StaticTier:
 
 def combine(items: list[Contribution]) -> tuple[Impact, list[str], int]:
     """Credit, reasons and reach of one finding from its contributions (in rule order)."""
-    return ((worth(c.urgency for c in items), worth(c.differential for c in items)),
-            [c.rule_id for c in items], max(0, *(c.top for c in items)))
+    return ((worth([c.urgency for c in items]), worth([c.differential for c in items])),
+            [c.rule_id for c in items], max(0, *[c.top for c in items]))
 
 
 Read = tuple[Contribution, frozenset[str], list[str], bool]  # contribution, needed, alternatives, related

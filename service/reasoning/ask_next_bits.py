@@ -1,0 +1,339 @@
+"""ask_next's three-valued reading of the rules, compiled at load into bitsets (issue 18 part 2).
+
+ask_next reads a rule against a request as true, false or unknown per test (service/reasoning/
+ask_next.py): a rule is a near miss when no test is known to fail and one or two unknown findings
+would fire it. Read leaf by leaf that cost about 1 µs a test, and a typical request reads about
+140 rules, 800 tests. Here every test (leaf) of every rule has one bit, a rule's leaves in one
+block (its positive leaves in `When.positive_leaves` order, then its `none` leaves). A request
+sets two integers once (`LeafBits.state`): T, the leaves that hold, and F, those known to fail;
+the others are unknown. Reading a rule (`RuleBits.assess`) then takes its block out of T and F
+and decides with a few integer operations, going leaf by leaf only over its unknown leaves.
+
+The reading is exactly the tree reading it replaced (tests/reference/ask_next_reference.py is
+the oracle, tests/test_ask_next_plan.py the comparison):
+- a finding sent: its leaves hold or fail as `leaf_matches` says; answered "unknown" (and not
+  known otherwise): every leaf on it fails (no question can complete a rule through it); not
+  sent: unknown, needing that finding;
+- a patient attribute given: its leaves hold or fail; not given: unknown, needing `patient:<attr>`;
+- a derived fact: holds; pending (its deriving rule is itself a near miss): unknown, needing
+  what that rule needs; otherwise fails. A score: its leaves compare, or fail if there is none;
+- a rule is out when a `none` leaf holds; otherwise its `all` items must all hold or be
+  unknown (their needs united) and an `any` group takes its option needing fewest findings
+  (ties: the first in sorted order); a near miss needs one or two findings in all.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from service.knowledge.model import Group, Leaf, Rule
+from service.reasoning.engine import Fact, compare, leaf_matches, normalise_number
+
+MAX_UNKNOWN_PER_RULE = 2
+# Unknown patient attributes in the three-valued reading, kept apart from finding codes.
+PATIENT_KEYS = {"age": "patient:age", "sex": "patient:sex"}
+NOTHING: frozenset[str] = frozenset()  # a satisfied test needs no finding
+
+Assessed = tuple[frozenset[str], int, int, int]  # needed, satisfied tests, the rule's T and F bits
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+}
+
+
+class Test:
+    """`compare(value, op, threshold)` (service/reasoning/engine.py) with the threshold normalised
+    once at load: `holds(normalise_number(value))` is the same comparison. A threshold that does
+    not normalise falls back to `compare` itself (which raises as it always did)."""
+
+    __slots__ = ("fn", "op", "threshold", "value")
+
+    def __init__(self, op: str | None, value: Any) -> None:
+        self.op, self.value = op, value
+        self.fn = _OPS[op or "=="]
+        try:
+            self.threshold: Any = normalise_number(value)
+        except Exception:  # left to compare at request time, which raises as it always did
+            self.threshold = None
+
+    def holds(self, normalised: float | int, raw: Any) -> bool:
+        if self.threshold is None:
+            return compare(raw, self.op, self.value)
+        return self.fn(normalised, self.threshold)
+
+
+def _min_option(r: frozenset[str]) -> tuple[int, list[str]]:
+    return len(r), sorted(r)
+
+
+class GroupBits:
+    """One `all` or `any` group of a rule, over the rule's local leaf bits."""
+
+    __slots__ = ("items", "leaf_m", "mode", "order", "subs")
+
+    def __init__(self, mode: str, items: list[int | GroupBits], need: list[frozenset[str] | None]) -> None:
+        self.mode = mode
+        self.items = tuple(items)  # local leaf index or nested group, in the rules' order
+        self.leaf_m = sum(1 << i for i in items if isinstance(i, int))  # its own leaves
+        self.subs = tuple(i for i in items if isinstance(i, GroupBits))
+        # An `any` group of leaves whose needs are known at load (no fact leaf): its options in
+        # the order `min` would choose them, so the first unknown one is the choice.
+        self.order: tuple[tuple[int, frozenset[str]], ...] | None = None
+        if mode == "any" and not self.subs and all(need[i] is not None for i in items):  # type: ignore[index]
+            ranked = sorted(items, key=lambda i: _min_option(need[i]))  # type: ignore[arg-type, index]
+            self.order = tuple((1 << i, need[i]) for i in ranked)  # type: ignore[misc, index]
+
+    def read(self, rb: RuleBits, lt: int, lf: int, pending: Mapping[str, frozenset[str]]) -> frozenset[str] | None:
+        """What the group needs (NOTHING: it holds), or None: it cannot hold."""
+        if self.mode == "all":
+            if lf & self.leaf_m:
+                return None
+            out = rb.needs(self.leaf_m & ~lt, pending)
+            for sub in self.subs:
+                r = sub.read(rb, lt, lf, pending)
+                if r is None:
+                    return None
+                out = out | r
+            return out
+        if lt & self.leaf_m:
+            return NOTHING  # an option holds: nothing is needed
+        if self.order is not None:
+            open_ = self.leaf_m & ~lf
+            for bit, need in self.order:
+                if open_ & bit:
+                    return need
+            return None
+        options = []
+        for item in self.items:
+            if isinstance(item, int):
+                bit = 1 << item
+                if lt & bit:
+                    options.append(NOTHING)
+                elif not lf & bit:
+                    options.append(rb.needs(bit, pending))
+            else:
+                r = item.read(rb, lt, lf, pending)
+                if r is not None:
+                    options.append(r)
+        return min(options, key=_min_option) if options else None
+
+
+class RuleBits:
+    """One rule's leaves as a block of bits, and how to read it."""
+
+    __slots__ = ("alt", "fact", "groups", "holds_m", "mask", "need", "none_m", "off", "pos_m", "size",
+                 "top_distinct", "top_m")
+
+    def __init__(self, rule: Rule, off: int) -> None:
+        leaves: list[Leaf] = []
+
+        def number(items: tuple[Leaf | Group, ...], mode: str) -> GroupBits:
+            out: list[int | GroupBits] = []
+            for item in items:
+                if isinstance(item, Group):
+                    out.append(number(item.items, item.mode))
+                else:
+                    leaves.append(item)
+                    out.append(len(leaves) - 1)
+            return GroupBits(mode, out, need)
+
+        need: list[frozenset[str] | None] = []
+        # Numbered in `positive_leaves` order: `all` items, then `any` items, depth first.
+        for leaf in rule.when.positive_leaves():
+            need.append(_static_need(leaf))
+        top = number(rule.when.all, "all")
+        groups = list(top.subs)
+        if rule.when.any:
+            groups.append(number(rule.when.any, "any"))
+        self.size = len(leaves)  # positive leaves: the scale's denominator
+        self.pos_m = (1 << len(leaves)) - 1
+        for leaf in rule.when.none:
+            leaves.append(leaf)
+            need.append(_static_need(leaf))
+        self.off = off
+        self.mask = (1 << len(leaves)) - 1
+        self.none_m = self.mask & ~self.pos_m
+        self.top_m = top.leaf_m
+        self.groups = tuple(groups)
+        self.need = tuple(need)  # local leaf -> what it needs when unknown (None: a fact, pending)
+        self.fact = tuple(leaf.key if leaf.kind == "fact" else "" for leaf in leaves)
+        # One top-level leaf per finding or attribute: more than two of them unknown is no near miss.
+        seen: set[frozenset[str]] = set()
+        self.top_distinct = 0
+        for i in range(len(leaves)):
+            n = need[i]
+            if self.top_m >> i & 1 and n is not None and n not in seen:
+                seen.add(n)
+                self.top_distinct |= 1 << i
+        # Positive finding and fact leaves: one that holds means the request already points here.
+        self.holds_m = sum(1 << i for i in range(self.size) if leaves[i].kind in ("finding", "fact"))
+        # The positive finding leaves, in order: the other options a near miss could be completed by.
+        self.alt = tuple((1 << i, leaves[i].key) for i in range(self.size) if leaves[i].kind == "finding")
+
+    def needs(self, unknown: int, pending: Mapping[str, frozenset[str]]) -> frozenset[str]:
+        """The findings the unknown leaves in `unknown` (local bits) need, together."""
+        out = NOTHING
+        need = self.need
+        while unknown:
+            low = unknown & -unknown
+            i = low.bit_length() - 1
+            n = need[i]
+            out = out | (pending[self.fact[i]] if n is None else n)
+            unknown ^= low
+        return out
+
+    def assess(self, t: int, f: int, pending: Mapping[str, frozenset[str]]) -> Assessed | None:
+        """A near miss: (the one or two findings that would fire the rule, how many of its positive
+        tests hold, its T and F bits), or None."""
+        lt = (t >> self.off) & self.mask
+        if lt & self.none_m:
+            return None
+        lf = (f >> self.off) & self.mask
+        if lf & self.top_m:
+            return None
+        unknown = self.top_m & ~lt
+        if (unknown & self.top_distinct).bit_count() > MAX_UNKNOWN_PER_RULE:
+            return None
+        needed = self.needs(unknown, pending) if unknown else NOTHING
+        for group in self.groups:
+            if len(needed) > MAX_UNKNOWN_PER_RULE:
+                return None
+            r = group.read(self, lt, lf, pending)
+            if r is None:
+                return None
+            if r:
+                needed = needed | r
+        if not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
+            return None
+        return needed, (lt & self.pos_m).bit_count(), lt, lf
+
+    def alternatives(self, lt: int, lf: int, needed: frozenset[str]) -> list[str]:
+        """The unknown positive finding leaves not needed (the other options of its `any`
+        groups), in leaf order, once per leaf."""
+        return [code for bit, code in self.alt if not (lt | lf) & bit and code not in needed]
+
+
+def _static_need(leaf: Leaf) -> frozenset[str] | None:
+    if leaf.kind == "finding":
+        return frozenset({leaf.key})
+    if leaf.kind == "patient":
+        return frozenset({PATIENT_KEYS[leaf.key]})
+    return None  # a fact (pending: what its rule needs) or a score (never unknown)
+
+
+class _Code:
+    """The bits of every leaf on one finding code."""
+
+    __slots__ = ("denied_f", "denied_t", "every", "present_f", "present_t", "valued")
+
+    def __init__(self) -> None:
+        self.present_t = self.present_f = self.denied_t = self.denied_f = self.every = 0
+        # Leaves on its value or choice, read per request: (bit, choices, test on the value).
+        self.valued: list[tuple[int, tuple[str, ...], Test | None]] = []
+
+
+class LeafBits:
+    """Every rule's leaves as bits, and what each kind of request content sets."""
+
+    def __init__(self, rules: tuple[Rule, ...] | list[Rule]) -> None:
+        self.rules: list[RuleBits] = []
+        off = 0
+        for rule in rules:
+            rb = RuleBits(rule, off)
+            self.rules.append(rb)
+            off += rb.mask.bit_length()
+        self.codes: dict[str, _Code] = {}
+        self.patient: dict[str, list[tuple[int, Leaf, Test]]] = {}
+        self.facts: dict[str, int] = {}
+        self.scores: dict[str, list[tuple[int, Test]]] = {}
+        self.facts_all = self.scores_all = 0
+        for rule, rb in zip(rules, self.rules, strict=True):
+            for i, leaf in enumerate([*rule.when.positive_leaves(), *rule.when.none]):
+                bit = 1 << (rb.off + i)
+                if leaf.kind == "finding":
+                    c = self.codes.setdefault(leaf.key, _Code())
+                    c.every |= bit
+                    if not leaf.present:
+                        c.denied_t |= bit  # "absent": holds when denied, fails when present
+                        c.present_f |= bit
+                    else:
+                        c.denied_f |= bit
+                        if leaf.values or leaf.op is not None:
+                            c.valued.append((bit, leaf.values, None if leaf.values else Test(leaf.op, leaf.value)))
+                        else:
+                            c.present_t |= bit
+                elif leaf.kind == "patient":
+                    self.patient.setdefault(leaf.key, []).append((bit, leaf, Test(leaf.op, leaf.value)))
+                elif leaf.kind == "fact":
+                    self.facts[leaf.key] = self.facts.get(leaf.key, 0) | bit
+                    self.facts_all |= bit
+                else:
+                    self.scores.setdefault(leaf.key, []).append((bit, Test(leaf.op, leaf.value)))
+                    self.scores_all |= bit
+
+    def state(self, known: Mapping[str, Fact], asked: frozenset[str], patient: Fact, derived: set[str],
+              scores: Mapping[str, Any]) -> tuple[int, int]:
+        """(T, F) for a request: the leaves that hold and those that fail. A fact not derived
+        fails until it is found pending (the caller clears its bits in F then)."""
+        t = 0
+        f = self.facts_all | self.scores_all
+        codes = self.codes
+        for code, fact in known.items():
+            c = codes.get(code)
+            if c is None:
+                continue
+            if fact.present:
+                t |= c.present_t
+                f |= c.present_f
+                if c.valued:
+                    # leaf_matches on a present finding's value or choice, the value normalised once
+                    value = fact.value
+                    number = None
+                    for bit, choices, test in c.valued:
+                        if choices:
+                            holds = fact.choice in choices
+                        elif value is None:
+                            holds = False
+                        else:
+                            if number is None:
+                                number = normalise_number(value)
+                            holds = test.holds(number, value)  # type: ignore[union-attr]
+                        if holds:
+                            t |= bit
+                        else:
+                            f |= bit
+            else:
+                t |= c.denied_t
+                f |= c.denied_f
+        for code in asked:
+            c = codes.get(code)
+            if c is not None and code not in known:
+                f |= c.every
+        if patient.value is not None:
+            age = normalise_number(patient.value)
+            for bit, _, test in self.patient.get("age", ()):
+                if test.holds(age, patient.value):
+                    t |= bit
+                else:
+                    f |= bit
+        if patient.choice is not None:
+            for bit, leaf, _ in self.patient.get("sex", ()):
+                if leaf_matches(leaf, patient):
+                    t |= bit
+                else:
+                    f |= bit
+        for name in derived:
+            bits = self.facts.get(name, 0)
+            t |= bits
+            f &= ~bits
+        for sid, value in scores.items():
+            if value is None:
+                continue  # read as no score: its leaves fail
+            tests = self.scores.get(sid)
+            number = normalise_number(value) if tests else None
+            for bit, test in tests or ():
+                if test.holds(number, value):  # type: ignore[arg-type]
+                    t |= bit
+                    f &= ~bit
+        return t, f
