@@ -248,6 +248,12 @@ class LeafBits:
         self.facts: dict[str, int] = {}
         self.scores: dict[str, list[tuple[int, Test]]] = {}
         self.facts_all = self.scores_all = 0
+        # finding -> (rule index, local bit) of every positive leaf on it, in rule and leaf order:
+        # where it is one of a near miss's other options.
+        self.options: dict[str, list[tuple[int, int]]] = {}
+        for pos, rb in enumerate(self.rules):
+            for bit, code in rb.alt:
+                self.options.setdefault(code, []).append((pos, bit))
         for rule, rb in zip(rules, self.rules, strict=True):
             for i, leaf in enumerate([*rule.when.positive_leaves(), *rule.when.none]):
                 bit = 1 << (rb.off + i)

@@ -17,7 +17,6 @@ it replaced (tests/test_ask_next_plan.py compares them with tests/reference/ask_
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from service.knowledge.model import Rule
 
@@ -25,14 +24,11 @@ Impact = tuple[float, float]  # (urgency, differential)
 BREADTH = 0.1  # a finding's other consequences count a tenth of its strongest
 
 
-class Contribution(NamedTuple):
-    """What one near-miss rule gives one finding: scaled urgency and differential credit."""
-
-    pos: int  # the rule's index in the rule set: contributions are summed in this order
-    urgency: float
-    differential: float
-    rule_id: str
-    top: int  # the highest tier rank firing the rule could lead to
+# What one near-miss rule gives one finding: (its index in the rule set: contributions are
+# summed in this order, scaled urgency credit, scaled differential credit, the rule's id, the
+# highest tier rank firing it could lead to). A plain tuple: a request makes about a hundred.
+Contribution = tuple[int, float, float, str, int]
+POS, URGENCY, DIFFERENTIAL, RULE_ID, TOP = range(5)
 
 
 def dependencies(rule: Rule) -> frozenset[str]:
@@ -75,8 +71,8 @@ class StaticTier:
             self.gains.setdefault(code, []).append(c)
         for code in alternatives:
             self.alt.setdefault(code, []).append(c)
-        self.rule_codes[c.pos] = tuple(needed)
-        self.read_of[c.pos] = (c, needed)
+        self.rule_codes[c[POS]] = tuple(needed)
+        self.read_of[c[POS]] = (c, needed)
 
     def seal(self) -> None:
         for code, items in self.gains.items():
@@ -85,8 +81,11 @@ class StaticTier:
 
 def combine(items: list[Contribution]) -> tuple[Impact, list[str], int]:
     """Credit, reasons and reach of one finding from its contributions (in rule order)."""
-    return ((worth([c.urgency for c in items]), worth([c.differential for c in items])),
-            [c.rule_id for c in items], max(0, *[c.top for c in items]))
+    if len(items) == 1:  # the most common case, without the list comprehensions
+        c = items[0]
+        return (worth([c[URGENCY]]), worth([c[DIFFERENTIAL]])), [c[RULE_ID]], max(0, c[TOP])
+    return ((worth([c[URGENCY] for c in items]), worth([c[DIFFERENTIAL] for c in items])),
+            [c[RULE_ID] for c in items], max(0, *[c[TOP] for c in items]))
 
 
 Read = tuple[Contribution, frozenset[str], list[str], bool]  # contribution, needed, alternatives, related
