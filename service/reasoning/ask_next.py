@@ -139,16 +139,21 @@ class QuestionRanker:
         # (no finding it tests sent, no fact it reads derived or pending, no patient attribute or
         # score it reads given), per tier (service/ask_next_plan.py); a request reads only the
         # rules it touches and recomputes the findings whose credit they change.
-        f0 = self.bits.facts_all | self.bits.scores_all  # nothing derived, no score: those leaves fail
-        untouched = {p.pos: (a[0] if (a := p.bits.assess(0, f0, {})) else None) for p in self.derivers}
+        # Nothing derived and no score: those leaves fail; the facts the derivers of a request
+        # holding nothing would find pending (their one or two findings unknown) are pending in
+        # every request that does not touch those derivers, so the static reading holds them.
+        f0 = self.bits.facts_all | self.bits.scores_all
+        self.untouched: dict[int, frozenset[str] | None] = {}  # deriver -> what it needs, as read so
+        self.seen: dict[int, tuple[tuple[str, frozenset[str] | None], ...]] = {}  # ... and the pending it saw
+        pending0, f0 = self._pending(0, f0, set(), set(), None)
         reads: dict[str, list[tuple[int, Read | None]]] = {}
         for tier, cands in self.candidates.items():
             reads[tier] = []
             for p, u, d in cands:
-                r = self._read(p, u, d, 0, f0, {}, {}, set(), tier, {})
+                r = self._read(p, u, d, 0, f0, pending0, {}, set(), tier, {})
                 reads[tier].append((p.pos, None if r is None else (
                     r[0], r[1], p.bits.alternatives(r[2], r[3], r[1]), r[4])))
-        self.static = StaticPlan(k.rules, untouched, reads)
+        self.static = StaticPlan(k.rules, pending0, reads)
         # Per tier: candidate rule index -> what reading it needs (its bits, id, urgency,
         # differential, reach and score item), for touched rules.
         self.rows: dict[str, dict[int, tuple[RuleBits, str, float, float, int, tuple[str, float] | None]]] = {
@@ -176,23 +181,10 @@ class QuestionRanker:
                         if (enc.age if attr == "age" else enc.sex) is not None], touched)
         static.touched([f"score:{sid}" for sid in scores], touched)
         static.touched([f"fact:{name}" for name in derived], touched)
-        pending: dict[str, frozenset[str]] = {}
-        for plan in self.derivers:
-            if plan.pos in fired:
-                continue
-            if plan.pos not in touched and not plan.facts_read.intersection(pending):
-                needed = static.untouched[plan.pos]
-            else:
-                assessed = plan.bits.assess(t, f, pending)
-                needed = assessed[0] if assessed else None
-            if not needed:
-                continue
-            for name in plan.derive:
-                if name not in derived and (name not in pending or len(needed) < len(pending[name])):
-                    if name not in pending:
-                        f &= ~bits.facts.get(name, 0)  # pending: its leaves are unknown, not failing
-                    pending[name] = needed
-        static.touched([f"fact:{name}" for name in pending], touched)
+        pending, f = self._pending(t, f, fired, derived, touched)
+        # The rules reading a fact pending otherwise than in the static reading are touched.
+        static.touched([f"fact:{name}" for name in pending.keys() | static.pending.keys()
+                        if pending.get(name) != static.pending.get(name)], touched)
 
         table = static.tiers[tier]
         rows = self.rows[tier]
@@ -336,6 +328,37 @@ class QuestionRanker:
         scale = (1 + satisfied) / (1 + plan.bits.size) / len(needed)
         supported = urgency > 0 and bool(lt & plan.bits.holds_m)
         return (plan.pos, urgency * scale, differential * scale, rule.id, top), needed, lt, lf, supported
+
+    def _pending(self, t: int, f: int, fired: set[int], derived: set[str],
+                 touched: set[int] | None) -> tuple[dict[str, frozenset[str]], int]:
+        """The facts not derived whose deriving rule is a near miss, each with the findings it
+        needs (the fewest, first in rule order on a tie), and F with their leaves no longer
+        failing. Each deriver reads the facts pending before it. One not touched that sees the
+        same pending facts as in the static reading reads as there; `touched` None: at load,
+        reading every deriver and recording what it saw."""
+        pending: dict[str, frozenset[str]] = {}
+        facts = self.bits.facts
+        for plan in self.derivers:
+            if plan.pos in fired:
+                continue
+            if touched is not None and plan.pos not in touched and all(
+                    pending.get(name) == was for name, was in self.seen[plan.pos]):
+                needed = self.untouched[plan.pos]
+            else:
+                if touched is None:
+                    self.seen[plan.pos] = tuple((name, pending.get(name)) for name in sorted(plan.facts_read))
+                assessed = plan.bits.assess(t, f, pending)
+                needed = assessed[0] if assessed else None
+                if touched is None:
+                    self.untouched[plan.pos] = needed
+            if not needed:
+                continue
+            for name in plan.derive:
+                if name not in derived and (name not in pending or len(needed) < len(pending[name])):
+                    if name not in pending:
+                        f &= ~facts.get(name, 0)  # pending: its leaves are unknown, not failing
+                    pending[name] = needed
+        return pending, f
 
     def _alternatives(self, code: str, near: dict[int, tuple[Contribution, frozenset[str], int, int]]
                       ) -> list[Contribution]:

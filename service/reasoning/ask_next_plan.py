@@ -95,10 +95,12 @@ class StaticPlan:
     """Every rule's credits per tier as read when the request touches nothing of it, and which
     rules each dependency touches.
 
-    `untouched[i]` is rule i's near miss when nothing is known (for the derivers' pending facts);
-    `reads[tier]` the (rule index, what reading it gives or None) of the tier's candidates."""
+    `pending` is what the derivers find pending when nothing is known (fact -> the findings it
+    needs): the static reading holds it, so a request touches the rules reading a fact only
+    when it is derived or pending otherwise. `reads[tier]` the (rule index, what reading it
+    gives or None) of the tier's candidates."""
 
-    def __init__(self, rules: tuple[Rule, ...], untouched: dict[int, tuple[frozenset[str], int] | None],
+    def __init__(self, rules: tuple[Rule, ...], pending: dict[str, frozenset[str]],
                  reads: dict[str, list[tuple[int, Read | None]]]) -> None:
         self.deps = [dependencies(rule) for rule in rules]
         index: dict[str, set[int]] = {}
@@ -107,7 +109,7 @@ class StaticPlan:
                 index.setdefault(key, set()).add(i)
         # dependency -> the rules that read it: a request holding it touches them.
         self.touching: dict[str, frozenset[int]] = {key: frozenset(v) for key, v in index.items()}
-        self.untouched = untouched
+        self.pending = pending
         self.tiers: dict[str, StaticTier] = {}
         for tier, rows in reads.items():
             table = StaticTier()
@@ -127,6 +129,3 @@ class StaticPlan:
                 out |= hit
         return out
 
-    def reads(self, i: int, keys: Iterable[str]) -> bool:
-        deps = self.deps[i]
-        return any(key in deps for key in keys)
