@@ -70,19 +70,17 @@ def _min_option(r: frozenset[str]) -> tuple[int, list[str]]:
 class GroupBits:
     """One `all` or `any` group of a rule, over the rule's local leaf bits."""
 
-    __slots__ = ("items", "leaf_m", "mode", "order", "subs")
+    __slots__ = ("first", "items", "leaf_m", "mode", "subs")
 
-    def __init__(self, mode: str, items: list[int | GroupBits], need: list[frozenset[str] | None]) -> None:
+    def __init__(self, mode: str, items: list[int | GroupBits], first: bool) -> None:
         self.mode = mode
-        self.items = tuple(items)  # local leaf index or nested group, in the rules' order
+        self.items = tuple(items)  # local leaf bit index or nested group, in the rule's order
         self.leaf_m = sum(1 << i for i in items if isinstance(i, int))  # its own leaves
         self.subs = tuple(i for i in items if isinstance(i, GroupBits))
-        # An `any` group of leaves whose needs are known at load (no fact leaf): its options in
-        # the order `min` would choose them, so the first unknown one is the choice.
-        self.order: tuple[tuple[int, frozenset[str]], ...] | None = None
-        if mode == "any" and not self.subs and all(need[i] is not None for i in items):  # type: ignore[index]
-            ranked = sorted(items, key=lambda i: _min_option(need[i]))  # type: ignore[arg-type, index]
-            self.order = tuple((1 << i, need[i]) for i in ranked)  # type: ignore[misc, index]
+        # An `any` group of leaves whose needs are known at load (no fact leaf, no nested group)
+        # has its leaves numbered in the order `min` would choose them: its lowest unknown bit
+        # is its choice.
+        self.first = first
 
     def read(self, rb: RuleBits, lt: int, lf: int, pending: Mapping[str, frozenset[str]]) -> frozenset[str] | None:
         """What the group needs (NOTHING: it holds), or None: it cannot hold."""
@@ -98,12 +96,9 @@ class GroupBits:
             return out
         if lt & self.leaf_m:
             return NOTHING  # an option holds: nothing is needed
-        if self.order is not None:
+        if self.first:
             open_ = self.leaf_m & ~lf
-            for bit, need in self.order:
-                if open_ & bit:
-                    return need
-            return None
+            return rb.need[(open_ & -open_).bit_length() - 1] if open_ else None
         options = []
         for item in self.items:
             if isinstance(item, int):
@@ -122,42 +117,64 @@ class GroupBits:
 class RuleBits:
     """One rule's leaves as a block of bits, and how to read it."""
 
-    __slots__ = ("alt", "fact", "groups", "holds_m", "mask", "need", "none_m", "off", "pos_m", "size",
-                 "top_distinct", "top_m")
+    __slots__ = ("alt", "fact", "fact_m", "groups", "holds_m", "leaves", "mask", "need", "none_m", "off",
+                 "pos_m", "size", "top_distinct", "top_m", "top_needs")
 
     def __init__(self, rule: Rule, off: int) -> None:
-        leaves: list[Leaf] = []
+        # The positive leaves in `positive_leaves` order (`all` items, then `any` items, depth
+        # first), and the groups over their positions there.
+        occ: list[Leaf] = []
+        Proto = tuple[str, list[Any]]
 
-        def number(items: tuple[Leaf | Group, ...], mode: str) -> GroupBits:
-            out: list[int | GroupBits] = []
+        def walk(items: tuple[Leaf | Group, ...], mode: str) -> Proto:
+            out: list[Any] = []
             for item in items:
                 if isinstance(item, Group):
-                    out.append(number(item.items, item.mode))
+                    out.append(walk(item.items, item.mode))
                 else:
-                    leaves.append(item)
-                    out.append(len(leaves) - 1)
-            return GroupBits(mode, out, need)
+                    occ.append(item)
+                    out.append(len(occ) - 1)
+            return mode, out
 
-        need: list[frozenset[str] | None] = []
-        # Numbered in `positive_leaves` order: `all` items, then `any` items, depth first.
-        for leaf in rule.when.positive_leaves():
-            need.append(_static_need(leaf))
-        top = number(rule.when.all, "all")
+        top_proto = walk(rule.when.all, "all")
+        any_proto = walk(rule.when.any, "any") if rule.when.any else None
+        occ_need = [_static_need(leaf) for leaf in occ]
+        # Bits: each group's own leaves together, a static `any` group's in the order `min`
+        # would choose them (fewest findings, then sorted), so its choice is its lowest open bit.
+        bit_of = [0] * len(occ)
+        taken = 0
+
+        def number(proto: Proto) -> GroupBits:
+            nonlocal taken
+            mode, items = proto
+            own = [i for i in items if isinstance(i, int)]
+            first = mode == "any" and len(own) == len(items) and all(occ_need[i] is not None for i in own)
+            for i in sorted(own, key=lambda i: _min_option(occ_need[i])) if first else own:  # type: ignore[arg-type]
+                bit_of[i] = taken
+                taken += 1
+            built = [bit_of[i] if isinstance(i, int) else number(i) for i in items]
+            return GroupBits(mode, built, first)
+
+        top = number(top_proto)
         groups = list(top.subs)
-        if rule.when.any:
-            groups.append(number(rule.when.any, "any"))
-        self.size = len(leaves)  # positive leaves: the scale's denominator
-        self.pos_m = (1 << len(leaves)) - 1
-        for leaf in rule.when.none:
-            leaves.append(leaf)
-            need.append(_static_need(leaf))
+        if any_proto is not None:
+            groups.append(number(any_proto))
+        self.size = len(occ)  # positive leaves: the scale's denominator
+        by_bit: dict[int, Leaf] = {bit_of[p]: leaf for p, leaf in enumerate(occ)}
+        leaves = [by_bit[i] for i in range(len(occ))] + list(rule.when.none)  # then the `none` leaves
+        self.leaves = tuple(leaves)  # in bit order
         self.off = off
         self.mask = (1 << len(leaves)) - 1
+        self.pos_m = (1 << self.size) - 1
         self.none_m = self.mask & ~self.pos_m
         self.top_m = top.leaf_m
         self.groups = tuple(groups)
-        self.need = tuple(need)  # local leaf -> what it needs when unknown (None: a fact, pending)
+        need = [_static_need(leaf) for leaf in leaves]
+        self.need = tuple(need)  # local bit -> what it needs when unknown (None: a fact, pending)
         self.fact = tuple(leaf.key if leaf.kind == "fact" else "" for leaf in leaves)
+        self.fact_m = sum(1 << i for i, leaf in enumerate(leaves) if leaf.kind == "fact")
+        # Unknown top-level leaves (no fact among them) -> what they need: filled as met.
+        self.top_needs: dict[int, frozenset[str]] = {}
         # One top-level leaf per finding or attribute: more than two of them unknown is no near miss.
         seen: set[frozenset[str]] = set()
         self.top_distinct = 0
@@ -168,8 +185,9 @@ class RuleBits:
                 self.top_distinct |= 1 << i
         # Positive finding and fact leaves: one that holds means the request already points here.
         self.holds_m = sum(1 << i for i in range(self.size) if leaves[i].kind in ("finding", "fact"))
-        # The positive finding leaves, in order: the other options a near miss could be completed by.
-        self.alt = tuple((1 << i, leaves[i].key) for i in range(self.size) if leaves[i].kind == "finding")
+        # The positive finding leaves in `positive_leaves` order: the other options a near miss
+        # could be completed by.
+        self.alt = tuple((1 << bit_of[p], leaf.key) for p, leaf in enumerate(occ) if leaf.kind == "finding")
 
     def needs(self, unknown: int, pending: Mapping[str, frozenset[str]]) -> frozenset[str]:
         """The findings the unknown leaves in `unknown` (local bits) need, together."""
@@ -193,17 +211,33 @@ class RuleBits:
         if lf & self.top_m:
             return None
         unknown = self.top_m & ~lt
-        if (unknown & self.top_distinct).bit_count() > MAX_UNKNOWN_PER_RULE:
-            return None
-        needed = self.needs(unknown, pending) if unknown else NOTHING
+        if unknown:
+            if (unknown & self.top_distinct).bit_count() > MAX_UNKNOWN_PER_RULE:
+                return None
+            needed = self.top_needs.get(unknown)
+            if needed is None:
+                needed = self.needs(unknown, pending)
+                if not unknown & self.fact_m:
+                    self.top_needs[unknown] = needed  # the same for every request
+                if len(needed) > MAX_UNKNOWN_PER_RULE:
+                    return None
+        else:
+            needed = NOTHING
         for group in self.groups:
+            if group.first:  # the common `any` group, inline
+                if lt & group.leaf_m:
+                    continue  # an option holds
+                open_ = group.leaf_m & ~lf
+                if not open_:
+                    return None
+                needed = needed | self.need[(open_ & -open_).bit_length() - 1]  # type: ignore[operator]
+            else:
+                r = group.read(self, lt, lf, pending)
+                if r is None:
+                    return None
+                needed = needed | r
             if len(needed) > MAX_UNKNOWN_PER_RULE:
                 return None
-            r = group.read(self, lt, lf, pending)
-            if r is None:
-                return None
-            if r:
-                needed = needed | r
         if not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
             return None
         return needed, (lt & self.pos_m).bit_count(), lt, lf
@@ -254,8 +288,8 @@ class LeafBits:
         for pos, rb in enumerate(self.rules):
             for bit, code in rb.alt:
                 self.options.setdefault(code, []).append((pos, bit))
-        for rule, rb in zip(rules, self.rules, strict=True):
-            for i, leaf in enumerate([*rule.when.positive_leaves(), *rule.when.none]):
+        for rb in self.rules:
+            for i, leaf in enumerate(rb.leaves):
                 bit = 1 << (rb.off + i)
                 if leaf.kind == "finding":
                     c = self.codes.setdefault(leaf.key, _Code())
