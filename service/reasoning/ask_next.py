@@ -52,7 +52,7 @@ from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
 from service.knowledge.presentations import Presentation, load_presentations
 from service.reasoning import aliases
 from service.reasoning.ask_next_bits import PATIENT_KEYS, LeafBits, RuleBits, Test
-from service.reasoning.ask_next_plan import POS, Contribution, Read, StaticPlan, combine
+from service.reasoning.ask_next_plan import POS, RULE_ID, TOP, Contribution, Read, StaticPlan, combine, credit_of
 from service.reasoning.engine import EngineResult, Fact, normalise_number
 
 TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
@@ -160,6 +160,17 @@ class QuestionRanker:
             tier: {p.pos: (p.bits, p.rule.id, u, d, self.reach[p.rule.id], p.score) for p, u, d in cands}
             for tier, cands in self.candidates.items()}
         self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
+        self.umbrella_codes = frozenset(code for code, _ in self.umbrellas)
+        # Per tier: the static tables' findings with urgency credit by it (highest first, then
+        # by code), and the others with differential credit by that: the request's ranking
+        # takes the first of them it did not change.
+        self.ranked: dict[str, tuple[list[str], list[str]]] = {}
+        for tier, table in self.static.tiers.items():
+            cr = table.credit
+            codes = [c for c in cr if c in k.findings]
+            self.ranked[tier] = (sorted((c for c in codes if cr[c][0] > 0), key=lambda c: (-cr[c][0], c)),
+                                 sorted((c for c in codes if not cr[c][0] > 0 and cr[c][1] > 0),
+                                        key=lambda c: (-cr[c][1], c)))
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
@@ -231,57 +242,75 @@ class QuestionRanker:
                 affected.update(old[1])
 
         # The static tables, with the findings whose contributions changed recomputed (the
-        # unchanged rules' contributions and this request's, in rule order).
+        # unchanged rules' contributions and this request's, in rule order). Their reasons and
+        # reach are only wanted for the few questions asked: left in `fresh` until then.
         credit = dict(table.credit)
         reasons = dict(table.reasons)
         reach = dict(table.reach)  # code -> the highest tier rank a rule it could complete leads to
+        fresh: dict[str, list[Contribution]] = {}
         static_gains = table.gains
         for code in affected:
             items = _merged(static_gains.get(code, ()), changed, gains.get(code))
             if items:
-                credit[code], reasons[code], reach[code] = combine(items)
+                credit[code] = credit_of(items)
+                fresh[code] = items
             else:
                 del credit[code], reasons[code], reach[code]
-        aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
-        findings = [c for c in credit if c in self.k.findings]
+        # Old bundled codes are never asked: their credit goes to an atom (service/reasoning/aliases.py).
+        dirty = set(affected)  # the findings whose credit may differ from the static tables'
+        for code, atoms in self.umbrellas:
+            if code in credit:
+                dirty.add(code)
+                dirty.update(atoms)
+                _settle([code, *atoms], fresh, reasons, reach)
+        if dirty.intersection(self.umbrella_codes):
+            aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
+        findings = self.k.findings
+        changed_findings = [c for c in dirty if c in credit and c in findings]
         limit = enc.ask_next_limit
         # The presentations the request holds put their lists first: their red-flag screen, then
         # their differential, each question only while a rule it could complete is left.
         screen, between = self._priors(known, enc.unknown)
         wanted = [code for code in screen + between if code not in credit]
-        for code in wanted:
+        for code in wanted:  # asked as another option of a rule (not a finding ranked below)
             items = _merged(table.alt.get(code, ()), touched, self._alternatives(code, near))
             if items:
                 credit[code], reasons[code], reach[code] = combine(items)
         # Within the screens, a question that could make it an emergency before one that could
         # make it urgent (stable: the file's order otherwise).
+        _settle(screen, fresh, reasons, reach)
         prior_u = sorted((c for c in screen if c in credit and credit[c][0] > 0), key=lambda c: -reach.get(c, 0))
         prior_d = [c for c in screen + between if c in credit and sum(credit[c]) > 0 and c not in prior_u]
         taken = set(prior_u) | set(prior_d)
         # Then the urgency questions of rules the answers already half-meet, before a screen for
         # causes nothing points to yet; then the questions that could lower the tier. Only the
-        # best few of each list are asked, so they are picked (heapq.nsmallest: the same as the
-        # first n of the sorted list) rather than sorted whole.
-        urgent_all: list[str] = []
-        differential_all: list[str] = []
-        for c in findings:
+        # best few of each list are asked: they are picked from the static tables' own ranking
+        # (skipping the findings this request changed) and the changed findings, rather than
+        # every finding sorted.
+        urgent_new: list[str] = []  # changed findings with urgency credit
+        differential_new: list[str] = []  # the others with differential credit
+        for c in changed_findings:
             if c not in taken:
                 u, d = credit[c]
                 if u > 0:
-                    urgent_all.append(c)
+                    urgent_new.append(c)
                 elif d > 0:
-                    differential_all.append(c)
-        urgent_set = set(urgent_all)
+                    differential_new.append(c)
+        skip = dirty | taken
+        ranked_u, ranked_d = self.ranked[tier]
         blockers, holders = self._lowering(result, known, enc.unknown, tier)
-        lowering = [c for c in blockers if c not in prior_u and c not in urgent_set]
+        lowering = [c for c in blockers if c not in prior_u and not (
+            c not in taken and c in findings and c in credit and c not in wanted and credit[c][0] > 0)]
         prior_d = [c for c in prior_d if c not in lowering]
-        other_all = [c for c in differential_all if c not in lowering] if lowering else differential_all
+        if lowering:
+            differential_new = [c for c in differential_new if c not in lowering]
+        skip_d = skip.union(lowering) if lowering else skip
         if limit is None:
             # Beyond the presentations' screens, the four slots go by credit as before issue 16,
             # so that a request holding no presentation gets the same urgency questions.
-            urgent = _best(urgent_all, URGENCY_SLOTS - len(prior_u), credit, 0)
+            urgent = _best(ranked_u, skip, urgent_new, URGENCY_SLOTS - len(prior_u), credit, 0)
             by_urgency = (prior_u + urgent)[:URGENCY_SLOTS]
-            other_d = _best(other_all, DIFFERENTIAL_SLOTS + len(by_urgency), credit, 1)
+            other_d = _best(ranked_d, skip_d, differential_new, DIFFERENTIAL_SLOTS + len(by_urgency), credit, 1)
             by_differential = [c for c in lowering + prior_d + other_d if c not in by_urgency][:DIFFERENTIAL_SLOTS]
             group = {c: i for i, c in enumerate(prior_u + lowering + prior_d)}
             chosen = sorted(by_urgency + by_differential,
@@ -289,18 +318,22 @@ class QuestionRanker:
         else:
             # An interview asks the urgency questions first: the tier must settle before the
             # differential. The presentation's own questions come before those of the others.
-            related_u = _best([c for c in urgent_all if c in related], limit, credit, 0)
-            other_u = _best([c for c in urgent_all if c not in related], limit, credit, 0)
-            other_d = _best(other_all, limit, credit, 1)
+            related_u = _best([c for c in ranked_u if c in related], skip, [c for c in urgent_new if c in related],
+                              limit, credit, 0)
+            other_u = _best(ranked_u, skip | related, [c for c in urgent_new if c not in related], limit, credit, 0)
+            other_d = _best(ranked_d, skip_d, differential_new, limit, credit, 1)
             chosen = (prior_u + lowering + prior_d + related_u + other_u + other_d)[:limit]
             by_urgency = prior_u + related_u + other_u
+        _settle(chosen, fresh, reasons, reach)
         for code in lowering:
             reasons.setdefault(code, holders)
             credit.setdefault(code, (0.0, 0.0))
         current = TIER_RANK[tier]
+        missing = self.missing_patient(enc)
+        _settle([PATIENT_KEYS[attr] for attr in missing], fresh, reasons, reach)
         first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []),
                                         _tier_change(reach.get(key, 0), current))
-                 for attr, key in PATIENT_KEYS.items() if attr in self.missing_patient(enc)]
+                 for attr, key in PATIENT_KEYS.items() if attr in missing]
         return first + [self._question(code, sum(credit[code]), reasons[code],
                                        "urgency" if code in by_urgency else "differential",
                                        _tier_change(reach.get(code, 0), current), code in lowering)
@@ -496,12 +529,32 @@ def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None)
     return items
 
 
-def _best(codes: list[str], n: int, credit: dict[str, Impact], part: int) -> list[str]:
-    """The first `n` of `codes` sorted by credit (`part`: 0 urgency, 1 differential), highest
-    first, then by code."""
+def _best(ranked: list[str], skip: set[str], new: list[str], n: int, credit: dict[str, Impact],
+          part: int) -> list[str]:
+    """The first `n` by credit (`part`: 0 urgency, 1 differential), highest first, then by code,
+    of the static tables' findings in `ranked` (already in that order) not in `skip` and of the
+    findings `new` (this request's credits): the same as sorting all of them and taking n."""
     if n <= 0:
         return []
-    return heapq.nsmallest(n, codes, key=lambda c: (-credit[c][part], c))
+    out = []
+    for c in ranked:
+        if c not in skip:
+            out.append(c)
+            if len(out) == n:
+                break
+    if not new:
+        return out
+    return heapq.nsmallest(n, out + new, key=lambda c: (-credit[c][part], c))
+
+
+def _settle(codes: list[str], fresh: dict[str, list[Contribution]], reasons: dict[str, list[str]],
+            reach: dict[str, int]) -> None:
+    """The reasons and reach of `codes` whose credit this request recomputed."""
+    for code in codes:
+        items = fresh.pop(code, None)
+        if items is not None:
+            reasons[code] = [c[RULE_ID] for c in items]
+            reach[code] = max(0, *[c[TOP] for c in items])
 
 
 def _by_pos(c: Contribution) -> int:
