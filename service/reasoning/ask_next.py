@@ -52,7 +52,7 @@ from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
 from service.knowledge.presentations import Presentation, load_presentations
 from service.reasoning import aliases
 from service.reasoning.ask_next_bits import PATIENT_KEYS, LeafBits, RuleBits, Test
-from service.reasoning.ask_next_plan import POS, RULE_ID, TOP, Contribution, Read, StaticPlan, combine, credit_of
+from service.reasoning.ask_next_plan import RULE_ID, TOP, Contribution, Read, StaticPlan, combine, credit_of
 from service.reasoning.engine import EngineResult, Fact, normalise_number
 
 TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
@@ -161,6 +161,12 @@ class QuestionRanker:
             for tier, cands in self.candidates.items()}
         self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
         self.umbrella_codes = frozenset(code for code, _ in self.umbrellas)
+        # Each finding's question as far as it is the same in every answer (a new dict and
+        # list per answer: a client may change its copy).
+        self.heads: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+            code: ({"finding": code, "display": f.display, "question": f.question, "type": f.type,
+                    **({"unit": f.unit} if f.unit else {})}, tuple(f.choices or ()))
+            for code, f in k.findings.items()}
         # Per tier: the static tables' findings with urgency credit by it (highest first, then
         # by code), and the others with differential credit by that: the request's ranking
         # takes the first of them it did not change.
@@ -374,8 +380,13 @@ class QuestionRanker:
         for plan in self.derivers:
             if plan.pos in fired:
                 continue
-            if touched is not None and plan.pos not in touched and all(
-                    pending.get(name) == was for name, was in self.seen[plan.pos]):
+            same = touched is not None and plan.pos not in touched
+            if same:
+                for name, was in self.seen[plan.pos]:
+                    if pending.get(name) != was:
+                        same = False
+                        break
+            if same:
                 needed = self.untouched[plan.pos]
             else:
                 if touched is None:
@@ -470,24 +481,20 @@ class QuestionRanker:
 
     def _question(self, code: str, impact: float, rules: list[str], aim: str,
                   change: dict[str, Any], lowers: bool = False) -> dict[str, Any]:
-        f = self.k.findings[code]
-        titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
+        head, choices = self.heads[code]
+        titles = "; ".join([self.k.rules_by_id[r].title for r in rules[:3]])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
         if lowers and aim != "urgency":
             lead = LOWERS_LEAD
-        return {
-            "finding": code,
-            "display": f.display,
-            "question": f.question,
-            "type": f.type,
-            **({"unit": f.unit} if f.unit else {}),
-            **({"choices": list(f.choices)} if f.choices else {}),
-            "aim": aim,
-            "impact": round(impact, 2),
-            **change,
-            "why": f"{lead}: {titles}",
-            "rules": list(rules),  # the static tables' lists are shared by every request
-        }
+        q = dict(head)  # finding, display, question, type and unit, in that order
+        if choices:
+            q["choices"] = list(choices)
+        q["aim"] = aim
+        q["impact"] = round(impact, 2)
+        q.update(change)
+        q["why"] = f"{lead}: {titles}"
+        q["rules"] = list(rules)  # the static tables' lists are shared by every request
+        return q
 
     def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str,
                   memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -519,11 +526,11 @@ class QuestionRanker:
 def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
     """One finding's contributions: the static ones of the rules not `replaced` and this
     request's, in rule order."""
-    items = [c for c in static if c[POS] not in replaced]
+    items = [c for c in static if c[0] not in replaced]  # c[POS]
     if dynamic:
         if items:
             items += dynamic
-            items.sort(key=_by_pos)
+            items.sort()  # by rule index: unique in one finding's contributions but for equal ones
         else:
             items = dynamic
     return items
@@ -555,10 +562,6 @@ def _settle(codes: list[str], fresh: dict[str, list[Contribution]], reasons: dic
         if items is not None:
             reasons[code] = [c[RULE_ID] for c in items]
             reach[code] = max(0, *[c[TOP] for c in items])
-
-
-def _by_pos(c: Contribution) -> int:
-    return c[POS]
 
 
 def _tier_change(reach: int, current: int) -> dict[str, Any]:
