@@ -161,6 +161,12 @@ class QuestionRanker:
             for tier, cands in self.candidates.items()}
         self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
         self.umbrella_codes = frozenset(code for code, _ in self.umbrellas)
+        # A patient attribute, score or derived fact -> the rules reading it.
+        touching = self.static.touching
+        self.touch_patient = {key[8:]: v for key, v in touching.items() if key.startswith("patient:")}
+        self.touch_score = {key[6:]: v for key, v in touching.items() if key.startswith("score:")}
+        self.touch_fact = {key[5:]: v for key, v in touching.items() if key.startswith("fact:")}
+
         # Each finding's question as far as it is the same in every answer (a new dict and
         # list per answer: a client may change its copy).
         self.heads: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -194,14 +200,21 @@ class QuestionRanker:
         # credits come from the static tables.
         touched = static.touched(known)
         static.touched(enc.unknown, touched)
-        static.touched([key for attr, key in PATIENT_KEYS.items()
-                        if (enc.age if attr == "age" else enc.sex) is not None], touched)
-        static.touched([f"score:{sid}" for sid in scores], touched)
-        static.touched([f"fact:{name}" for name in derived], touched)
+        if enc.age is not None:
+            touched |= self.touch_patient.get("age", NO_RULES)
+        if enc.sex is not None:
+            touched |= self.touch_patient.get("sex", NO_RULES)
+        touch_score, touch_fact = self.touch_score, self.touch_fact
+        for sid in scores:
+            touched |= touch_score.get(sid, NO_RULES)
+        for name in derived:
+            touched |= touch_fact.get(name, NO_RULES)
         pending, f = self._pending(t, f, fired, derived, touched)
         # The rules reading a fact pending otherwise than in the static reading are touched.
-        static.touched([f"fact:{name}" for name in pending.keys() | static.pending.keys()
-                        if pending.get(name) != static.pending.get(name)], touched)
+        pending0 = static.pending
+        for name in pending.keys() | pending0.keys():
+            if pending.get(name) != pending0.get(name):
+                touched |= touch_fact.get(name, NO_RULES)
 
         table = static.tiers[tier]
         rows = self.rows[tier]
@@ -377,24 +390,26 @@ class QuestionRanker:
         reading every deriver and recording what it saw."""
         pending: dict[str, frozenset[str]] = {}
         facts = self.bits.facts
+        seen, untouched = self.seen, self.untouched
+        loading = touched is None
         for plan in self.derivers:
-            if plan.pos in fired:
+            pos = plan.pos
+            if pos in fired:
                 continue
-            same = touched is not None and plan.pos not in touched
-            if same:
-                for name, was in self.seen[plan.pos]:
-                    if pending.get(name) != was:
-                        same = False
-                        break
-            if same:
-                needed = self.untouched[plan.pos]
-            else:
-                if touched is None:
-                    self.seen[plan.pos] = tuple((name, pending.get(name)) for name in sorted(plan.facts_read))
+            if loading:
+                seen[pos] = tuple((name, pending.get(name)) for name in sorted(plan.facts_read))
+                assessed = plan.bits.assess(t, f, pending)
+                needed = untouched[pos] = assessed[0] if assessed else None
+            elif pos in touched:  # type: ignore[operator]
                 assessed = plan.bits.assess(t, f, pending)
                 needed = assessed[0] if assessed else None
-                if touched is None:
-                    self.untouched[plan.pos] = needed
+            else:
+                needed = untouched[pos]
+                for name, was in seen[pos]:
+                    if pending.get(name) != was:  # it reads a fact pending otherwise: read it
+                        assessed = plan.bits.assess(t, f, pending)
+                        needed = assessed[0] if assessed else None
+                        break
             if not needed:
                 continue
             for name in plan.derive:
@@ -565,8 +580,17 @@ def _settle(codes: list[str], fresh: dict[str, list[Contribution]], reasons: dic
 
 
 def _tier_change(reach: int, current: int) -> dict[str, Any]:
+    """How far answering could raise the tier (copied into the question, never kept)."""
+    return _TIER_CHANGES[reach, current]
+
+
+def _make_tier_change(reach: int, current: int) -> dict[str, Any]:
     steps = max(0, reach - current)
     return {"raises_tier_to": TIER_NAMES[reach] if steps else None, "tier_steps": steps}
+
+
+NO_RULES: frozenset[int] = frozenset()
+_TIER_CHANGES = {(r, c): _make_tier_change(r, c) for r in TIER_NAMES for c in TIER_NAMES}
 
 
 def _reach(k: Knowledge, rule: Rule, seen: frozenset[str] = frozenset()) -> int:

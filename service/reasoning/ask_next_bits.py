@@ -311,6 +311,9 @@ class LeafBits:
                 else:
                     self.scores.setdefault(leaf.key, []).append((bit, Test(leaf.op, leaf.value)))
                     self.scores_all |= bit
+        # The same as tuples, for the request's loop: (present_t, present_f, denied_t, denied_f, valued).
+        self.by_code = {code: (c.present_t, c.present_f, c.denied_t, c.denied_f, tuple(c.valued))
+                        for code, c in self.codes.items()}
 
     def state(self, known: Mapping[str, Fact], asked: frozenset[str], patient: Fact, derived: set[str],
               scores: Mapping[str, Any]) -> tuple[int, int]:
@@ -318,19 +321,20 @@ class LeafBits:
         fails until it is found pending (the caller clears its bits in F then)."""
         t = 0
         f = self.facts_all | self.scores_all
-        codes = self.codes
+        codes = self.by_code
         for code, fact in known.items():
             c = codes.get(code)
             if c is None:
                 continue
+            present_t, present_f, denied_t, denied_f, valued = c
             if fact.present:
-                t |= c.present_t
-                f |= c.present_f
-                if c.valued:
+                t |= present_t
+                f |= present_f
+                if valued:
                     # leaf_matches on a present finding's value or choice, the value normalised once
                     value = fact.value
                     number = None
-                    for bit, choices, test in c.valued:
+                    for bit, choices, test in valued:
                         if choices:
                             holds = fact.choice in choices
                         elif value is None:
@@ -344,12 +348,11 @@ class LeafBits:
                         else:
                             f |= bit
             else:
-                t |= c.denied_t
-                f |= c.denied_f
+                t |= denied_t
+                f |= denied_f
         for code in asked:
-            c = codes.get(code)
-            if c is not None and code not in known:
-                f |= c.every
+            if code not in known and code in self.codes:
+                f |= self.codes[code].every
         if patient.value is not None:
             age = normalise_number(patient.value)
             for bit, _, test in self.patient.get("age", ()):
