@@ -73,6 +73,12 @@ PATIENT_QUESTIONS = {
 LOWERS_LEAD = "Could lower the urgency (the rule that sets it does not apply if present)"
 
 Impact = tuple[float, float]  # (urgency, differential)
+# A candidate rule as a request reads it: its bits, id, urgency, differential, reach, score item.
+_Row = tuple[RuleBits, str, float, float, int, "tuple[str, float] | None"]
+# What reading a rule gives: its contribution, the findings it needs, its T and F bits, and
+# whether a finding given or a fact derived already supports it (for urgency).
+_Reading = tuple[Contribution, frozenset[str], int, int, bool]
+_UNREAD: Any = object()  # no reading at load for this rule and finding
 
 
 class _Plan:
@@ -150,13 +156,14 @@ class QuestionRanker:
         for tier, cands in self.candidates.items():
             reads[tier] = []
             for p, u, d in cands:
-                r = self._read(p, u, d, 0, f0, pending0, {}, set(), tier, {})
+                row = (p.bits, p.rule.id, u, d, self.reach[p.rule.id], p.score)
+                r = self._read_row(p.pos, row, 0, f0, pending0, {}, set(), tier, {})
                 reads[tier].append((p.pos, None if r is None else (
                     r[0], r[1], p.bits.alternatives(r[2], r[3], r[1]), r[4])))
         self.static = StaticPlan(k.rules, pending0, reads)
         # Per tier: candidate rule index -> what reading it needs (its bits, id, urgency,
         # differential, reach and score item), for touched rules.
-        self.rows: dict[str, dict[int, tuple[RuleBits, str, float, float, int, tuple[str, float] | None]]] = {
+        self.rows: dict[str, dict[int, _Row]] = {
             tier: {p.pos: (p.bits, p.rule.id, u, d, self.reach[p.rule.id], p.score) for p, u, d in cands}
             for tier, cands in self.candidates.items()}
         self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
@@ -183,6 +190,23 @@ class QuestionRanker:
             self.ranked[tier] = (sorted((c for c in codes if cr[c][0] > 0), key=lambda c: (-cr[c][0], c)),
                                  sorted((c for c in codes if not cr[c][0] > 0 and cr[c][1] > 0),
                                         key=lambda c: (-cr[c][1], c)))
+        # A rule touched by one finding alone (sent present or denied, or answered "unknown"),
+        # and by nothing else, reads the same in every such request: read at load, per tier,
+        # keyed (rule index, finding, present: True / False / None for "unknown"). A present
+        # finding with leaves on its value or choice is read per request.
+        self.single: dict[str, dict[tuple[int, str, bool | None], _Reading | None]] = {t: {} for t in TIER_RANK}
+        free = ~(self.bits.facts_all | self.bits.scores_all)
+        nobody = Fact("patient", "patient")
+        for code, (_, _, _, _, valued) in self.bits.by_code.items():
+            for present in (False, None) if valued else (True, False, None):
+                sent = {} if present is None else {code: Fact("finding", code, present)}
+                t1, f1 = self.bits.state(sent, frozenset() if sent else frozenset({code}), nobody, set(), {})
+                f1 = f0 | (f1 & free)  # the static reading's facts and scores
+                for i in touching.get(code, ()):
+                    for tier, rows in self.rows.items():
+                        if i in rows:
+                            self.single[tier][i, code, present] = self._read_row(
+                                i, rows[i], t1, f1, pending0, {}, set(), tier, {})
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
@@ -198,23 +222,33 @@ class QuestionRanker:
         static = self.static
         # What the request holds that some rule reads: those rules are read below, the others'
         # credits come from the static tables.
-        touched = static.touched(known)
-        static.touched(enc.unknown, touched)
+        touching = static.touching
+        alone: dict[int, str | None] = {}  # rule -> the one finding touching it (None: several)
+        for code in known:
+            for i in touching.get(code, NO_RULES):
+                alone[i] = None if i in alone else code
+        for code in enc.unknown:
+            for i in touching.get(code, NO_RULES):
+                alone[i] = None if i in alone else code
+        # ... and by a patient attribute, score, derived fact or a fact pending otherwise than
+        # in the static reading.
+        others: set[int] = set()
         if enc.age is not None:
-            touched |= self.touch_patient.get("age", NO_RULES)
+            others |= self.touch_patient.get("age", NO_RULES)
         if enc.sex is not None:
-            touched |= self.touch_patient.get("sex", NO_RULES)
+            others |= self.touch_patient.get("sex", NO_RULES)
         touch_score, touch_fact = self.touch_score, self.touch_fact
         for sid in scores:
-            touched |= touch_score.get(sid, NO_RULES)
+            others |= touch_score.get(sid, NO_RULES)
         for name in derived:
-            touched |= touch_fact.get(name, NO_RULES)
+            others |= touch_fact.get(name, NO_RULES)
+        touched = others.union(alone)
         pending, f = self._pending(t, f, fired, derived, touched)
-        # The rules reading a fact pending otherwise than in the static reading are touched.
         pending0 = static.pending
         for name in pending.keys() | pending0.keys():
             if pending.get(name) != pending0.get(name):
-                touched |= touch_fact.get(name, NO_RULES)
+                others |= touch_fact.get(name, NO_RULES)
+        touched |= others
 
         table = static.tiers[tier]
         rows = self.rows[tier]
@@ -225,40 +259,42 @@ class QuestionRanker:
         affected: set[str] = set()  # the findings they credit (now or in the static tables)
         gains: dict[str, list[Contribution]] = {}
         memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
-        # The touched candidates in rule order; what _read does, inline (this loop is most of
-        # ask_next's time: about 140 rules on a typical request).
+        # The touched candidates in rule order: one touched by a single finding alone from the
+        # table read at load, the others read here.
+        single = self.single[tier]
         for i in sorted(touched & self.candidate_pos[tier]):
-            rb, rule_id, urgency, differential, top, score = rows[i]
-            assessed = None if i in fired else rb.assess(t, f, pending)
-            if assessed is not None:
-                if score:
-                    cu, cd, crossed = self._crossing(score, scores, fired_ids, tier, memo)
-                    urgency, differential = urgency + cu, differential + cd
-                    top = max(top, crossed)
-                if urgency + differential > 0:
-                    needed, satisfied, lt, lf = assessed
-                    scale = (1 + satisfied) / (1 + rb.size) / len(needed)
-                    c = (i, urgency * scale, differential * scale, rule_id, top)
-                    if urgency > 0 and lt & rb.holds_m:
-                        related.update(needed)
-                    near[i] = (c, needed, lt, lf)
-                    old = before.get(i)
-                    if old is not None:
-                        if old[0] == c and old[1] == needed:
-                            continue  # as in the static tables
-                        affected.update(old[1])
-                    changed.add(i)
-                    for code in needed:
-                        affected.add(code)
-                        if code in gains:
-                            gains[code].append(c)
-                        else:
-                            gains[code] = [c]
-                    continue
+            if i in fired:
+                read = None
+            else:
+                code = None if i in others else alone.get(i)
+                if code is not None:
+                    fact = known.get(code)
+                    read = single.get((i, code, None if fact is None else fact.present), _UNREAD)
+                    if read is _UNREAD:
+                        read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+                else:
+                    read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
             old = before.get(i)
+            if read is None:
+                if old is not None:
+                    changed.add(i)
+                    affected.update(old[1])
+                continue
+            c, needed, lt, lf, supported = read
+            if supported:
+                related.update(needed)
+            near[i] = (c, needed, lt, lf)
             if old is not None:
-                changed.add(i)
+                if old[0] == c and old[1] == needed:
+                    continue  # as in the static tables
                 affected.update(old[1])
+            changed.add(i)
+            for code in needed:
+                affected.add(code)
+                if code in gains:
+                    gains[code].append(c)
+                else:
+                    gains[code] = [c]
 
         # The static tables, with the findings whose contributions changed recomputed (the
         # unchanged rules' contributions and this request's, in rule order). Their reasons and
@@ -358,28 +394,26 @@ class QuestionRanker:
                                        _tier_change(reach.get(code, 0), current), code in lowering)
                         for code in chosen]
 
-    def _read(self, plan: _Plan, urgency: float, differential: float, t: int, f: int,
-              pending: dict[str, frozenset[str]], scores: Any, fired: set[str], tier: str,
-              memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[
-                  Contribution, frozenset[str], int, int, bool] | None:
+    def _read_row(self, i: int, row: _Row, t: int, f: int, pending: dict[str, frozenset[str]], scores: Any,
+                  fired: set[str], tier: str, memo: dict[tuple[str, float], tuple[float, float, int]]
+                  ) -> _Reading | None:
         """What one rule (not fired) gives the findings it needs, or None: its scaled credit, the
         one or two findings, its leaves' T and F bits, and whether a finding given or a fact
         derived already supports it (for urgency)."""
-        assessed = plan.bits.assess(t, f, pending)  # first: most rules are no near miss
+        rb, rule_id, urgency, differential, top, score = row
+        assessed = rb.assess(t, f, pending)  # first: most rules are no near miss
         if assessed is None:
             return None
-        rule = plan.rule
-        top = self.reach[rule.id]
-        if plan.score:
-            cu, cd, crossed = self._crossing(plan.score, scores, fired, tier, memo)
+        if score:
+            cu, cd, crossed = self._crossing(score, scores, fired, tier, memo)
             urgency, differential = urgency + cu, differential + cd
             top = max(top, crossed)
         if urgency + differential <= 0:
             return None
         needed, satisfied, lt, lf = assessed
-        scale = (1 + satisfied) / (1 + plan.bits.size) / len(needed)
-        supported = urgency > 0 and bool(lt & plan.bits.holds_m)
-        return (plan.pos, urgency * scale, differential * scale, rule.id, top), needed, lt, lf, supported
+        scale = (1 + satisfied) / (1 + rb.size) / len(needed)
+        return ((i, urgency * scale, differential * scale, rule_id, top), needed, lt, lf,
+                urgency > 0 and bool(lt & rb.holds_m))
 
     def _pending(self, t: int, f: int, fired: set[int], derived: set[str],
                  touched: set[int] | None) -> tuple[dict[str, frozenset[str]], int]:
