@@ -79,14 +79,6 @@ class StaticTier:
             self.credit[code], self.reasons[code], self.reach[code] = combine(items)
 
 
-def credit_of(items: list[Contribution]) -> Impact:
-    """A finding's credit from its contributions (in rule order): `combine`'s first part."""
-    if len(items) == 1:
-        c = items[0]
-        return worth([c[URGENCY]]), worth([c[DIFFERENTIAL]])
-    return worth([c[URGENCY] for c in items]), worth([c[DIFFERENTIAL] for c in items])
-
-
 def combine(items: list[Contribution]) -> tuple[Impact, list[str], int]:
     """Credit, reasons and reach of one finding from its contributions (in rule order)."""
     if len(items) == 1:  # the most common case, without the list comprehensions
