@@ -32,10 +32,15 @@ the differential. With `ask_next_limit` that is the order; by default the four u
 the screens' questions, then the rest by credit as before, and the three differential slots the
 lowering questions, the presentations' differential, then the rest; listed presentation first.
 
-Compiled at load (issue 18 part 2, service/ask_next_plan.py): every rule is read once per
-current tier as if the request held nothing it reads; a request reads only the rules its
-findings (answered or unknown), derived and pending facts, given attributes and scores touch,
-and recomputes the credit of the findings those rules credit, summed in rule order as before.
+Compiled at load (issue 18 part 2): every rule's tests are bits (service/reasoning/
+ask_next_bits.py: a request sets the tests that hold and those that fail in two integers, and a
+rule is read from its block of them), and every rule is read once per current tier as if the
+request held nothing it reads (service/reasoning/ask_next_plan.py), the facts pending when
+nothing is known included. A request reads only the rules its findings (answered or unknown),
+derived facts, facts pending otherwise, given attributes and scores touch (one touched by a
+single finding alone from a table read at load as well), recomputes the credit of the findings
+whose contributions changed, summed in rule order as before, and picks the best few questions
+from the static tables' own ranking and the changed findings instead of sorting every one.
 The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
 
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
@@ -142,12 +147,12 @@ class QuestionRanker:
                 self.thresholds.setdefault(sid, []).append(
                     (rule, [Test(t.op, t.value) for t in tests if t.key == sid]))
         # Issue 18 part 2: every rule read once at load as if the request touched nothing of it
-        # (no finding it tests sent, no fact it reads derived or pending, no patient attribute or
-        # score it reads given), per tier (service/ask_next_plan.py); a request reads only the
-        # rules it touches and recomputes the findings whose credit they change.
-        # Nothing derived and no score: those leaves fail; the facts the derivers of a request
-        # holding nothing would find pending (their one or two findings unknown) are pending in
-        # every request that does not touch those derivers, so the static reading holds them.
+        # (no finding it tests sent, no fact it reads derived or pending otherwise, no patient
+        # attribute or score it reads given), per tier (service/reasoning/ask_next_plan.py); a
+        # request reads only the rules it touches and recomputes the findings whose credit they
+        # change. Nothing derived and no score: those leaves fail; the facts the derivers find
+        # pending when nothing is known (their one or two findings unknown) are pending in every
+        # request that does not touch those derivers, so the static reading holds them.
         f0 = self.bits.facts_all | self.bits.scores_all
         self.untouched: dict[int, frozenset[str] | None] = {}  # deriver -> what it needs, as read so
         self.seen: dict[int, tuple[tuple[str, frozenset[str] | None], ...]] = {}  # ... and the pending it saw

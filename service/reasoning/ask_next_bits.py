@@ -173,7 +173,9 @@ class RuleBits:
         self.need = tuple(need)  # local bit -> what it needs when unknown (None: a fact, pending)
         self.fact = tuple(leaf.key if leaf.kind == "fact" else "" for leaf in leaves)
         self.fact_m = sum(1 << i for i, leaf in enumerate(leaves) if leaf.kind == "fact")
-        # Unknown top-level leaves (no fact among them) -> what they need: filled as met.
+        # Unknown top-level leaves (no fact among them) -> what they need: the same for every
+        # request, so filled as met (by any thread: a dict's get and set are atomic, and two
+        # threads filling one entry write the same value).
         self.top_needs: dict[int, frozenset[str]] = {}
         # One top-level leaf per finding or attribute: more than two of them unknown is no near miss.
         seen: set[frozenset[str]] = set()

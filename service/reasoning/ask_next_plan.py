@@ -1,12 +1,13 @@
 """ask_next compiled at load (issue 18 part 2): what the rules a request does not touch give.
 
 A rule reads the same for every request that holds nothing it reads: no finding it tests sent
-(answered or "unknown"), no fact it reads derived or pending, no patient attribute it reads
-given, no score it reads or adds to. Every test is then unknown or false, so it is a near miss
-on the same one or two findings with the same credit whatever else was sent (and it cannot have
-fired). Such rules are read once per rule set and current tier, into the three tables ask_next
-builds (credit, reasons, reach); a request starts from a copy, reads only the rules it touches
-(`StaticPlan.touching`: each dependency's rules), and recomputes the findings they credit.
+(answered or "unknown"), no fact it reads derived or pending otherwise than when nothing is
+known, no patient attribute it reads given, no score it reads or adds to. Every test is then
+unknown or false, so it is a near miss on the same one or two findings with the same credit
+whatever else was sent (and it cannot have fired). Such rules are read once per rule set and
+current tier, into the three tables ask_next builds (credit, reasons, reach); a request starts
+from a copy, reads only the rules it touches (`StaticPlan.touching`: each dependency's rules),
+and recomputes the findings whose contributions changed.
 
 Credits are kept as the per-rule contributions in rule order as well, so that a recomputed
 finding sums them in the order ask_next always did (floating-point sums depend on the order,
@@ -15,8 +16,6 @@ it replaced (tests/test_ask_next_plan.py compares them with tests/reference/ask_
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from service.knowledge.model import Rule
 
@@ -32,9 +31,9 @@ POS, URGENCY, DIFFERENTIAL, RULE_ID, TOP = range(5)
 
 
 def dependencies(rule: Rule) -> frozenset[str]:
-    """What a rule reads of a request (`touch_keys` names a request's): its findings (positive
-    and `none`) by code, derived facts as `fact:<name>`, patient attributes as `patient:<attr>`
-    and scores as `score:<id>` (its score leaves and the score its item adds to)."""
+    """What a rule reads of a request: its findings (positive and `none`) by code, derived facts
+    as `fact:<name>`, patient attributes as `patient:<attr>` and scores as `score:<id>` (its
+    score leaves and the score its item adds to)."""
     out: set[str] = set()
     for leaf in [*rule.when.positive_leaves(), *rule.when.none]:
         out.add(leaf.key if leaf.kind == "finding" else f"{leaf.kind}:{leaf.key}")
@@ -55,12 +54,11 @@ def worth(gains: list[float]) -> float:
 class StaticTier:
     """For one current tier: every finding's credit from every rule, none of them touched."""
 
-    __slots__ = ("alt", "credit", "gains", "reach", "read_of", "reasons", "rule_codes")
+    __slots__ = ("alt", "credit", "gains", "reach", "read_of", "reasons")
 
     def __init__(self) -> None:
         self.gains: dict[str, list[Contribution]] = {}  # finding -> contributions, rule order
         self.alt: dict[str, list[Contribution]] = {}  # the other options of `any` groups, the same
-        self.rule_codes: dict[int, tuple[str, ...]] = {}  # rule pos -> the findings it credits
         self.read_of: dict[int, tuple[Contribution, frozenset[str]]] = {}  # rule pos -> what it gives
         self.credit: dict[str, Impact] = {}
         self.reasons: dict[str, list[str]] = {}
@@ -71,7 +69,6 @@ class StaticTier:
             self.gains.setdefault(code, []).append(c)
         for code in alternatives:
             self.alt.setdefault(code, []).append(c)
-        self.rule_codes[c[POS]] = tuple(needed)
         self.read_of[c[POS]] = (c, needed)
 
     def seal(self) -> None:
@@ -102,9 +99,8 @@ class StaticPlan:
 
     def __init__(self, rules: tuple[Rule, ...], pending: dict[str, frozenset[str]],
                  reads: dict[str, list[tuple[int, Read | None]]]) -> None:
-        self.deps = [dependencies(rule) for rule in rules]
         index: dict[str, set[int]] = {}
-        for i, keys in enumerate(self.deps):
+        for i, keys in enumerate(dependencies(rule) for rule in rules):
             for key in keys:
                 index.setdefault(key, set()).add(i)
         # dependency -> the rules that read it: a request holding it touches them.
@@ -119,13 +115,3 @@ class StaticPlan:
                     table.add(c, needed, alternatives)
             table.seal()
             self.tiers[tier] = table
-
-    def touched(self, keys: Iterable[str], out: set[int] | None = None) -> set[int]:
-        """The rules that read any of `keys` (added to `out`)."""
-        out = set() if out is None else out
-        for key in keys:
-            hit = self.touching.get(key)
-            if hit:
-                out |= hit
-        return out
-
