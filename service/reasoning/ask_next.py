@@ -32,10 +32,15 @@ the differential. With `ask_next_limit` that is the order; by default the four u
 the screens' questions, then the rest by credit as before, and the three differential slots the
 lowering questions, the presentations' differential, then the rest; listed presentation first.
 
-Compiled at load (issue 18 part 2, service/ask_next_plan.py): every rule is read once per
-current tier as if the request held nothing it reads; a request reads only the rules its
-findings (answered or unknown), derived and pending facts, given attributes and scores touch,
-and recomputes the credit of the findings those rules credit, summed in rule order as before.
+Compiled at load (issue 18 part 2): every rule's tests are bits (service/reasoning/
+ask_next_bits.py: a request sets the tests that hold and those that fail in two integers, and a
+rule is read from its block of them), and every rule is read once per current tier as if the
+request held nothing it reads (service/reasoning/ask_next_plan.py), the facts pending when
+nothing is known included. A request reads only the rules its findings (answered or unknown),
+derived facts, facts pending otherwise, given attributes and scores touch (one touched by a
+single finding alone from a table read at load as well), recomputes the credit of the findings
+whose contributions changed, summed in rule order as before, and picks the best few questions
+from the static tables' own ranking and the changed findings instead of sorting every one.
 The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
 
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
@@ -45,13 +50,15 @@ six: rules on age can never fire without it, and a nurse can answer it at once.
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING, Any
 
-from service.knowledge.model import SEXES, TIER_RANK, Group, Knowledge, Leaf, Rule
+from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
 from service.knowledge.presentations import Presentation, load_presentations
 from service.reasoning import aliases
-from service.reasoning.ask_next_plan import Contribution, Read, StaticPlan, combine
-from service.reasoning.engine import EngineResult, Fact, compare, leaf_matches
+from service.reasoning.ask_next_bits import PATIENT_KEYS, LeafBits, RuleBits, Test
+from service.reasoning.ask_next_plan import BREADTH, RULE_ID, TOP, Contribution, Read, StaticPlan, combine
+from service.reasoning.engine import EngineResult, Fact, normalise_number
 
 TIER_NAMES = {rank: name for name, rank in TIER_RANK.items()}
 
@@ -63,35 +70,36 @@ if TYPE_CHECKING:
 # and three slots dropped saddle sensation. Three differential slots, as before.
 URGENCY_SLOTS = 4
 DIFFERENTIAL_SLOTS = 3
-# Unknown patient attributes in the three-valued reading, kept apart from finding codes.
-PATIENT_KEYS = {"age": "patient:age", "sex": "patient:sex"}
 PATIENT_QUESTIONS = {
     "age": ("Age", "How old is the patient, in years?", "number", "a"),
     "sex": ("Sex", "What is the patient's sex?", "choice", None),
 }
-MAX_UNKNOWN_PER_RULE = 2
 # The `why` of a question whose "yes" would stop the rule that holds the tier (see _lowering).
 LOWERS_LEAD = "Could lower the urgency (the rule that sets it does not apply if present)"
-_TRUE: frozenset[str] = frozenset()  # a satisfied condition: no unknowns needed
 
 Impact = tuple[float, float]  # (urgency, differential)
+# A candidate rule as a request reads it: its bits, id, urgency, differential, reach, score item.
+_Row = tuple[RuleBits, str, float, float, int, "tuple[str, float] | None"]
+# What reading a rule gives: its contribution, the findings it needs, its T and F bits, and
+# whether a finding given or a fact derived already supports it (for urgency).
+_Reading = tuple[Contribution, frozenset[str], int, int, bool]
+_UNREAD: Any = object()  # no reading at load for this rule and finding
 
 
 class _Plan:
     """One rule, read once: what ask_next needs of it on every request."""
 
-    __slots__ = ("all_groups", "all_leaves", "gate_keys", "gates", "leaves", "pos", "rule", "score")
+    __slots__ = ("bits", "derive", "facts_read", "pos", "rule", "score")
 
-    def __init__(self, rule: Rule, pos: int) -> None:
+    def __init__(self, rule: Rule, pos: int, bits: RuleBits) -> None:
         self.rule = rule
         self.pos = pos  # index in the rule set: credits are summed in this order
-        self.leaves = rule.when.positive_leaves()
-        self.all_leaves = [i for i in rule.when.all if isinstance(i, Leaf)]
-        self.all_groups = [i for i in rule.when.all if isinstance(i, Group)]
-        # Top-level `all` leaves on input findings: one known to fail rules the rule out at once.
-        self.gates = [i for i in self.all_leaves if i.kind == "finding"]
-        self.gate_keys = frozenset(g.key for g in self.gates)
+        self.bits = bits  # its leaves as bits (service/reasoning/ask_next_bits.py)
         self.score = rule.then.score
+        self.derive = rule.then.derive
+        # The derived facts it reads: a deriver reading a pending fact is read again.
+        self.facts_read = frozenset(leaf.key for leaf in [*rule.when.positive_leaves(), *rule.when.none]
+                                    if leaf.kind == "fact")
 
 
 class QuestionRanker:
@@ -106,7 +114,9 @@ class QuestionRanker:
         # The highest tier firing each rule could lead to (its own tier, its red flag's, and what
         # the facts it derives lead to): how much a question could still change the tier.
         self.reach: dict[str, int] = {rule.id: _reach(k, rule) for rule in k.rules}
-        self.plans = [_Plan(rule, i) for i, rule in enumerate(k.rules)]
+        self.bits = LeafBits(k.rules)
+        self.plans = [_Plan(rule, i, self.bits.rules[i]) for i, rule in enumerate(k.rules)]
+        self.pos_of = {rule.id: i for i, rule in enumerate(k.rules)}
         self.umbrellas = aliases.umbrellas(k)  # deprecated bundled findings: asked as their atoms
         # The opening's complaints and what to ask first for each (rules/presentations.yaml).
         self.presentations: tuple[Presentation, ...] = load_presentations(k)
@@ -130,116 +140,253 @@ class QuestionRanker:
                 if leaf.kind == "patient" and rule.id not in self.patient_rules.get(leaf.key, []):
                     self.patient_rules.setdefault(leaf.key, []).append(rule.id)
         # score id -> the rules that test it (thresholds), for score items' worth
-        self.thresholds: dict[str, list[tuple[Rule, list[Leaf]]]] = {}
+        self.thresholds: dict[str, list[tuple[Rule, list[Test]]]] = {}
         for rule in k.rules:
             tests = [leaf for leaf in rule.when.positive_leaves() if leaf.kind == "score"]
             for sid in {leaf.key for leaf in tests}:
-                self.thresholds.setdefault(sid, []).append((rule, [t for t in tests if t.key == sid]))
+                self.thresholds.setdefault(sid, []).append(
+                    (rule, [Test(t.op, t.value) for t in tests if t.key == sid]))
         # Issue 18 part 2: every rule read once at load as if the request touched nothing of it
-        # (no finding it tests sent, no fact it reads derived or pending, no patient attribute or
-        # score it reads given), per tier (service/ask_next_plan.py); a request reads only the
-        # rules it touches and recomputes the findings they credit.
-        nothing: Any = ({}, Fact("patient", "patient"), set(), {}, {}, frozenset())
-        self.static = StaticPlan(
-            k.rules, {p.pos: _assess(p, nothing) for p in self.derivers},
-            {tier: [(p.pos, self._read(p, u, d, nothing, set(), tier)) for p, u, d in cands]
-             for tier, cands in self.candidates.items()})
-        # Per tier: candidate rule index -> (its plan, urgency, differential), for touched rules.
-        self.by_pos: dict[str, dict[int, tuple[_Plan, float, float]]] = {
-            tier: {p.pos: (p, u, d) for p, u, d in cands} for tier, cands in self.candidates.items()}
+        # (no finding it tests sent, no fact it reads derived or pending otherwise, no patient
+        # attribute or score it reads given), per tier (service/reasoning/ask_next_plan.py); a
+        # request reads only the rules it touches and recomputes the findings whose credit they
+        # change. Nothing derived and no score: those leaves fail; the facts the derivers find
+        # pending when nothing is known (their one or two findings unknown) are pending in every
+        # request that does not touch those derivers, so the static reading holds them.
+        f0 = self.bits.facts_all | self.bits.scores_all
+        self.untouched: dict[int, frozenset[str] | None] = {}  # deriver -> what it needs, as read so
+        self.seen: dict[int, tuple[tuple[str, frozenset[str] | None], ...]] = {}  # ... and the pending it saw
+        pending0, f0 = self._pending(0, f0, set(), set(), None)
+        reads: dict[str, list[tuple[int, Read | None]]] = {}
+        for tier, cands in self.candidates.items():
+            reads[tier] = []
+            for p, u, d in cands:
+                row = (p.bits, p.rule.id, u, d, self.reach[p.rule.id], p.score)
+                r = self._read_row(p.pos, row, 0, f0, pending0, {}, set(), tier, {})
+                reads[tier].append((p.pos, None if r is None else (
+                    r[0], r[1], p.bits.alternatives(r[2], r[3], r[1]), r[4])))
+        self.static = StaticPlan(k.rules, pending0, reads)
+        # Per tier: candidate rule index -> what reading it needs (its bits, id, urgency,
+        # differential, reach and score item), for touched rules.
+        self.rows: dict[str, dict[int, _Row]] = {
+            tier: {p.pos: (p.bits, p.rule.id, u, d, self.reach[p.rule.id], p.score) for p, u, d in cands}
+            for tier, cands in self.candidates.items()}
+        self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
+        self.umbrella_codes = frozenset(code for code, _ in self.umbrellas)
+        # A patient attribute, score or derived fact -> the rules reading it.
+        touching = self.static.touching
+        self.touch_patient = {key[8:]: v for key, v in touching.items() if key.startswith("patient:")}
+        self.touch_score = {key[6:]: v for key, v in touching.items() if key.startswith("score:")}
+        self.touch_fact = {key[5:]: v for key, v in touching.items() if key.startswith("fact:")}
+
+        # Each finding's question as far as it is the same in every answer (a new dict and
+        # list per answer: a client may change its copy).
+        self.heads: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+            code: ({"finding": code, "display": f.display, "question": f.question, "type": f.type,
+                    **({"unit": f.unit} if f.unit else {})}, tuple(f.choices or ()))
+            for code, f in k.findings.items()}
+        # Per tier: the static tables' findings with urgency credit by it (highest first, then
+        # by code), and the others with differential credit by that: the request's ranking
+        # takes the first of them it did not change.
+        self.ranked: dict[str, tuple[list[str], list[str]]] = {}
+        for tier, table in self.static.tiers.items():
+            cr = table.credit
+            codes = [c for c in cr if c in k.findings]
+            self.ranked[tier] = (sorted((c for c in codes if cr[c][0] > 0), key=lambda c: (-cr[c][0], c)),
+                                 sorted((c for c in codes if not cr[c][0] > 0 and cr[c][1] > 0),
+                                        key=lambda c: (-cr[c][1], c)))
+        # A rule touched by one finding alone (sent present or denied, or answered "unknown"),
+        # and by nothing else, reads the same in every such request: read at load, per tier,
+        # keyed (rule index, finding, present: True / False / None for "unknown"). A present
+        # finding with leaves on its value or choice is read per request.
+        self.single: dict[str, dict[tuple[int, str, bool | None], _Reading | None]] = {t: {} for t in TIER_RANK}
+        free = ~(self.bits.facts_all | self.bits.scores_all)
+        nobody = Fact("patient", "patient")
+        for code, (_, _, _, _, valued) in self.bits.by_code.items():
+            for present in (False, None) if valued else (True, False, None):
+                sent = {} if present is None else {code: Fact("finding", code, present)}
+                t1, f1 = self.bits.state(sent, frozenset() if sent else frozenset({code}), nobody, set(), {})
+                f1 = f0 | (f1 & free)  # the static reading's facts and scores
+                for i in touching.get(code, ()):
+                    for tier, rows in self.rows.items():
+                        if i in rows:
+                            self.single[tier][i, code, present] = self._read_row(
+                                i, rows[i], t1, f1, pending0, {}, set(), tier, {})
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
-        fired = {f.rule_id for f in result.firings}
+        fired_ids = {f.rule_id for f in result.firings}
+        pos_of = self.pos_of
+        fired = {pos_of[r] for r in fired_ids}
         derived = {name for f in result.firings for name in f.derived}
         known = {f.key: f for f in facts if f.kind == "finding"}
         patient = Fact("patient", "patient", value=enc.age, choice=enc.sex)
-        pending: dict[str, frozenset[str]] = {}
-        ctx = (known, patient, derived, result.scores, pending, enc.unknown)
+        scores = result.scores
+        bits = self.bits
+        # Every leaf of every rule, read once: T holds, F fails, the rest unknown.
+        t, f = bits.state(known, enc.unknown, patient, derived, scores)
         static = self.static
         # What the request holds that some rule reads: those rules are read below, the others'
         # credits come from the static tables.
-        touched = static.touched(known)
-        static.touched(enc.unknown, touched)
-        static.touched([key for attr, key in PATIENT_KEYS.items()
-                        if (enc.age if attr == "age" else enc.sex) is not None], touched)
-        static.touched([f"score:{sid}" for sid in result.scores], touched)
-        static.touched([f"fact:{name}" for name in derived], touched)
-        for plan in self.derivers:
-            if plan.rule.id not in fired:
-                if plan.pos not in touched and not static.reads(plan.pos, [f"fact:{n}" for n in pending]):
-                    assessed = static.untouched[plan.pos]
-                    needed = assessed[0] if assessed else None
-                else:
-                    needed = self._near_miss(plan, known, ctx)
-                for name in plan.rule.then.derive if needed else ():
-                    if name not in derived and (name not in pending or len(needed) < len(pending[name])):
-                        pending[name] = needed  # type: ignore[assignment]
-        static.touched([f"fact:{name}" for name in pending], touched)
+        touching = static.touching
+        alone: dict[int, str | None] = {}  # rule -> the one finding touching it (None: several)
+        for code in known:
+            for i in touching.get(code, NO_RULES):
+                alone[i] = None if i in alone else code
+        for code in enc.unknown:
+            for i in touching.get(code, NO_RULES):
+                alone[i] = None if i in alone else code
+        # ... and by a patient attribute, score, derived fact or a fact pending otherwise than
+        # in the static reading.
+        others: set[int] = set()
+        if enc.age is not None:
+            others |= self.touch_patient.get("age", NO_RULES)
+        if enc.sex is not None:
+            others |= self.touch_patient.get("sex", NO_RULES)
+        touch_score, touch_fact = self.touch_score, self.touch_fact
+        for sid in scores:
+            others |= touch_score.get(sid, NO_RULES)
+        for name in derived:
+            others |= touch_fact.get(name, NO_RULES)
+        touched = others.union(alone)
+        pending, f = self._pending(t, f, fired, derived, touched)
+        pending0 = static.pending
+        for name in pending.keys() | pending0.keys():
+            if pending.get(name) != pending0.get(name):
+                others |= touch_fact.get(name, NO_RULES)
+        touched |= others
 
         table = static.tiers[tier]
-        by_pos = self.by_pos[tier]
-        gains: dict[str, list[Contribution]] = {}
+        rows = self.rows[tier]
+        before = table.read_of
         related: set[str] = set()  # could complete an urgency rule that a finding given already supports
-        alt_gains: dict[str, list[Contribution]] = {}
-        for i in sorted(touched):
-            row = by_pos.get(i)
-            read = self._read(*row, ctx, fired, tier) if row else None
+        near: dict[int, tuple[Contribution, frozenset[str], int, int]] = {}  # touched near misses
+        changed: set[int] = set()  # touched rules whose contribution differs from the static one
+        affected: set[str] = set()  # the findings they credit (now or in the static tables)
+        gains: dict[str, list[Contribution]] = {}
+        memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
+        # The touched candidates in rule order: one touched by a single finding alone from the
+        # table read at load, the others read here.
+        single = self.single[tier]
+        for i in sorted(touched & self.candidate_pos[tier]):
+            if i in fired:
+                read = None
+            else:
+                code = None if i in others else alone.get(i)
+                if code is not None:
+                    fact = known.get(code)
+                    read = single.get((i, code, None if fact is None else fact.present), _UNREAD)
+                    if read is _UNREAD:
+                        read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+                else:
+                    read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+            old = before.get(i)
             if read is None:
+                if old is not None:
+                    changed.add(i)
+                    affected.update(old[1])
                 continue
-            c, needed, alternatives, supported = read
+            c, needed, lt, lf, supported = read
             if supported:
                 related.update(needed)
-            for code in alternatives:
-                alt_gains.setdefault(code, []).append(c)
+            near[i] = (c, needed, lt, lf)
+            if old is not None:
+                if old[0] == c and old[1] == needed:
+                    continue  # as in the static tables
+                affected.update(old[1])
+            changed.add(i)
             for code in needed:
-                gains.setdefault(code, []).append(c)
+                affected.add(code)
+                if code in gains:
+                    gains[code].append(c)
+                else:
+                    gains[code] = [c]
 
-        # The static tables, with the findings that a rule read here credits recomputed (the
-        # untouched rules' contributions and this request's, in rule order).
+        # The static tables, with the findings whose contributions changed recomputed (the
+        # unchanged rules' contributions and this request's, in rule order). Their reasons and
+        # reach are only wanted for the few questions asked: left in `fresh` until then.
         credit = dict(table.credit)
         reasons = dict(table.reasons)
         reach = dict(table.reach)  # code -> the highest tier rank a rule it could complete leads to
-        affected = set(gains)
-        for i in touched:
-            affected.update(table.rule_codes.get(i, ()))
-        for code in affected:
-            items = _merged(table.gains.get(code, ()), touched, gains.get(code))
+        fresh: dict[str, list[Contribution]] = {}
+        static_gains = table.gains
+        for code in affected:  # _merged and combine's credit, inline: about fifty findings a request
+            items = static_gains.get(code)
             if items:
-                credit[code], reasons[code], reach[code] = combine(items)
+                items = [c for c in items if c[0] not in changed]  # c[POS]
+                new = gains.get(code)
+                if new:
+                    if items:
+                        items += new
+                        items.sort()  # by rule index (c[POS])
+                    else:
+                        items = new
             else:
-                credit.pop(code, None)
-                reasons.pop(code, None)
-                reach.pop(code, None)
-        aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
-        findings = [c for c in credit if c in self.k.findings]
+                items = gains.get(code)
+            if items:
+                if len(items) == 1:
+                    us, ds = [items[0][1]], [items[0][2]]
+                else:
+                    us, ds = [c[1] for c in items], [c[2] for c in items]  # c[URGENCY], c[DIFFERENTIAL]
+                mu, md = max(us), max(ds)
+                credit[code] = mu + BREADTH * (sum(us) - mu), md + BREADTH * (sum(ds) - md)  # worth()
+                fresh[code] = items
+            else:
+                del credit[code], reasons[code], reach[code]
+        # Old bundled codes are never asked: their credit goes to an atom (service/reasoning/aliases.py).
+        dirty = set(affected)  # the findings whose credit may differ from the static tables'
+        for code, atoms in self.umbrellas:
+            if code in credit:
+                dirty.add(code)
+                dirty.update(atoms)
+                _settle([code, *atoms], fresh, reasons, reach)
+        if dirty.intersection(self.umbrella_codes):
+            aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
+        findings = self.k.findings
+        changed_findings = [c for c in dirty if c in credit and c in findings]
         limit = enc.ask_next_limit
         # The presentations the request holds put their lists first: their red-flag screen, then
         # their differential, each question only while a rule it could complete is left.
         screen, between = self._priors(known, enc.unknown)
-        for code in screen + between:
-            if code not in credit:
-                items = _merged(table.alt.get(code, ()), touched, alt_gains.get(code))
-                if items:
-                    credit[code], reasons[code], reach[code] = combine(items)
+        wanted = [code for code in screen + between if code not in credit]
+        for code in wanted:  # asked as another option of a rule (not a finding ranked below)
+            items = _merged(table.alt.get(code, ()), touched, self._alternatives(code, near))
+            if items:
+                credit[code], reasons[code], reach[code] = combine(items)
         # Within the screens, a question that could make it an emergency before one that could
         # make it urgent (stable: the file's order otherwise).
+        _settle(screen, fresh, reasons, reach)
         prior_u = sorted((c for c in screen if c in credit and credit[c][0] > 0), key=lambda c: -reach.get(c, 0))
         prior_d = [c for c in screen + between if c in credit and sum(credit[c]) > 0 and c not in prior_u]
         taken = set(prior_u) | set(prior_d)
         # Then the urgency questions of rules the answers already half-meet, before a screen for
-        # causes nothing points to yet; then the questions that could lower the tier.
-        urgent = sorted((c for c in findings if credit[c][0] > 0 and c not in taken), key=lambda c: (-credit[c][0], c))
-        related_u = [c for c in urgent if c in related]
-        other_u = [c for c in urgent if c not in related]
+        # causes nothing points to yet; then the questions that could lower the tier. Only the
+        # best few of each list are asked: they are picked from the static tables' own ranking
+        # (skipping the findings this request changed) and the changed findings, rather than
+        # every finding sorted.
+        urgent_new: list[str] = []  # changed findings with urgency credit
+        differential_new: list[str] = []  # the others with differential credit
+        for c in changed_findings:
+            if c not in taken:
+                u, d = credit[c]
+                if u > 0:
+                    urgent_new.append(c)
+                elif d > 0:
+                    differential_new.append(c)
+        skip = dirty | taken
+        ranked_u, ranked_d = self.ranked[tier]
         blockers, holders = self._lowering(result, known, enc.unknown, tier)
-        lowering = [c for c in blockers if c not in prior_u and c not in urgent]
+        lowering = [c for c in blockers if c not in prior_u and not (
+            c not in taken and c in findings and c in credit and c not in wanted and credit[c][0] > 0)]
         prior_d = [c for c in prior_d if c not in lowering]
-        other_d = sorted((c for c in findings if credit[c][1] > 0 and c not in taken and c not in urgent
-                          and c not in lowering), key=lambda c: (-credit[c][1], c))
+        if lowering:
+            differential_new = [c for c in differential_new if c not in lowering]
+        skip_d = skip.union(lowering) if lowering else skip
         if limit is None:
             # Beyond the presentations' screens, the four slots go by credit as before issue 16,
             # so that a request holding no presentation gets the same urgency questions.
+            urgent = _best(ranked_u, skip, urgent_new, URGENCY_SLOTS - len(prior_u), credit, 0)
             by_urgency = (prior_u + urgent)[:URGENCY_SLOTS]
+            other_d = _best(ranked_d, skip_d, differential_new, DIFFERENTIAL_SLOTS + len(by_urgency), credit, 1)
             by_differential = [c for c in lowering + prior_d + other_d if c not in by_urgency][:DIFFERENTIAL_SLOTS]
             group = {c: i for i, c in enumerate(prior_u + lowering + prior_d)}
             chosen = sorted(by_urgency + by_differential,
@@ -247,48 +394,98 @@ class QuestionRanker:
         else:
             # An interview asks the urgency questions first: the tier must settle before the
             # differential. The presentation's own questions come before those of the others.
+            related_u = _best([c for c in ranked_u if c in related], skip, [c for c in urgent_new if c in related],
+                              limit, credit, 0)
+            other_u = _best(ranked_u, skip | related, [c for c in urgent_new if c not in related], limit, credit, 0)
+            other_d = _best(ranked_d, skip_d, differential_new, limit, credit, 1)
             chosen = (prior_u + lowering + prior_d + related_u + other_u + other_d)[:limit]
             by_urgency = prior_u + related_u + other_u
+        _settle(chosen, fresh, reasons, reach)
         for code in lowering:
             reasons.setdefault(code, holders)
             credit.setdefault(code, (0.0, 0.0))
         current = TIER_RANK[tier]
+        missing = self.missing_patient(enc)
+        _settle([PATIENT_KEYS[attr] for attr in missing], fresh, reasons, reach)
         first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []),
                                         _tier_change(reach.get(key, 0), current))
-                 for attr, key in PATIENT_KEYS.items() if attr in self.missing_patient(enc)]
+                 for attr, key in PATIENT_KEYS.items() if attr in missing]
         return first + [self._question(code, sum(credit[code]), reasons[code],
                                        "urgency" if code in by_urgency else "differential",
                                        _tier_change(reach.get(code, 0), current), code in lowering)
                         for code in chosen]
 
-    def _read(self, plan: _Plan, urgency: float, differential: float, ctx: Any, fired: set[str],
-              tier: str) -> Read | None:
-        """What one rule gives the findings it needs, or None: its scaled credit, the one or two
-        findings, the other options of its `any` groups, and whether a finding given or a fact
+    def _read_row(self, i: int, row: _Row, t: int, f: int, pending: dict[str, frozenset[str]], scores: Any,
+                  fired: set[str], tier: str, memo: dict[tuple[str, float], tuple[float, float, int]]
+                  ) -> _Reading | None:
+        """What one rule (not fired) gives the findings it needs, or None: its scaled credit, the
+        one or two findings, its leaves' T and F bits, and whether a finding given or a fact
         derived already supports it (for urgency)."""
-        rule = plan.rule
-        if rule.id in fired:
-            return None
-        assessed = _assess(plan, ctx)  # first: most rules are no near miss, and leave at once
+        rb, rule_id, urgency, differential, top, score = row
+        assessed = rb.assess(t, f, pending)  # first: most rules are no near miss
         if assessed is None:
             return None
-        known, _, derived, scores, _, unknown = ctx
-        top = self.reach[rule.id]
-        if plan.score:
-            cu, cd, crossed = self._crossing(plan.score, scores, fired, tier)
+        if score:
+            cu, cd, crossed = self._crossing(score, scores, fired, tier, memo)
             urgency, differential = urgency + cu, differential + cd
             top = max(top, crossed)
         if urgency + differential <= 0:
             return None
-        needed, satisfied = assessed
-        scale = (1 + satisfied) / (1 + len(plan.leaves)) / len(needed)
-        supported = urgency > 0 and any(_holds(leaf, known, derived) for leaf in plan.leaves)
-        # The other options of its `any` groups (only the first is in `needed`): a
-        # presentation's screen may ask them (new urinary or new faecal incontinence).
-        alternatives = [leaf.key for leaf in plan.leaves if leaf.kind == "finding" and leaf.key not in needed
-                        and leaf.key not in known and leaf.key not in unknown]
-        c = Contribution(plan.pos, urgency * scale, differential * scale, rule.id, top)
-        return c, needed, alternatives, supported
+        needed, satisfied, lt, lf = assessed
+        scale = (1 + satisfied) / (1 + rb.size) / len(needed)
+        return ((i, urgency * scale, differential * scale, rule_id, top), needed, lt, lf,
+                urgency > 0 and bool(lt & rb.holds_m))
+
+    def _pending(self, t: int, f: int, fired: set[int], derived: set[str],
+                 touched: set[int] | None) -> tuple[dict[str, frozenset[str]], int]:
+        """The facts not derived whose deriving rule is a near miss, each with the findings it
+        needs (the fewest, first in rule order on a tie), and F with their leaves no longer
+        failing. Each deriver reads the facts pending before it. One not touched that sees the
+        same pending facts as in the static reading reads as there; `touched` None: at load,
+        reading every deriver and recording what it saw."""
+        pending: dict[str, frozenset[str]] = {}
+        facts = self.bits.facts
+        seen, untouched = self.seen, self.untouched
+        loading = touched is None
+        for plan in self.derivers:
+            pos = plan.pos
+            if pos in fired:
+                continue
+            if loading:
+                seen[pos] = tuple((name, pending.get(name)) for name in sorted(plan.facts_read))
+                assessed = plan.bits.assess(t, f, pending)
+                needed = untouched[pos] = assessed[0] if assessed else None
+            elif pos in touched:  # type: ignore[operator]
+                assessed = plan.bits.assess(t, f, pending)
+                needed = assessed[0] if assessed else None
+            else:
+                needed = untouched[pos]
+                for name, was in seen[pos]:
+                    if pending.get(name) != was:  # it reads a fact pending otherwise: read it
+                        assessed = plan.bits.assess(t, f, pending)
+                        needed = assessed[0] if assessed else None
+                        break
+            if not needed:
+                continue
+            for name in plan.derive:
+                if name not in derived and (name not in pending or len(needed) < len(pending[name])):
+                    if name not in pending:
+                        f &= ~facts.get(name, 0)  # pending: its leaves are unknown, not failing
+                    pending[name] = needed
+        return pending, f
+
+    def _alternatives(self, code: str, near: dict[int, tuple[Contribution, frozenset[str], int, int]]
+                      ) -> list[Contribution]:
+        """The touched near misses' contributions to `code` as one of their other options (an
+        unknown positive finding leaf on it, not needed), in rule order, once per leaf."""
+        out = []
+        for pos, bit in self.bits.options.get(code, ()):
+            read = near.get(pos)
+            if read is not None:
+                c, needed, lt, lf = read
+                if not (lt | lf) & bit and code not in needed:
+                    out.append(c)
+        return out
 
     def _lowering(self, result: EngineResult, known: dict[str, Fact], asked: frozenset[str],
                   tier: str) -> tuple[list[str], list[str]]:
@@ -354,66 +551,101 @@ class QuestionRanker:
 
     def _question(self, code: str, impact: float, rules: list[str], aim: str,
                   change: dict[str, Any], lowers: bool = False) -> dict[str, Any]:
-        f = self.k.findings[code]
-        titles = "; ".join(self.k.rules_by_id[r].title for r in rules[:3])
+        head, choices = self.heads[code]
+        titles = "; ".join([self.k.rules_by_id[r].title for r in rules[:3]])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
         if lowers and aim != "urgency":
             lead = LOWERS_LEAD
-        return {
-            "finding": code,
-            "display": f.display,
-            "question": f.question,
-            "type": f.type,
-            **({"unit": f.unit} if f.unit else {}),
-            **({"choices": list(f.choices)} if f.choices else {}),
-            "aim": aim,
-            "impact": round(impact, 2),
-            **change,
-            "why": f"{lead}: {titles}",
-            "rules": list(rules),  # the static tables' lists are shared by every request
-        }
+        q = dict(head)  # finding, display, question, type and unit, in that order
+        if choices:
+            q["choices"] = list(choices)
+        q["aim"] = aim
+        q["impact"] = round(impact, 2)
+        q.update(change)
+        q["why"] = f"{lead}: {titles}"
+        q["rules"] = list(rules)  # the static tables' lists are shared by every request
+        return q
 
-    @staticmethod
-    def _near_miss(plan: _Plan, known: dict[str, Fact], ctx: Any) -> frozenset[str] | None:
-        """The unknown findings (one or two) that would fire this rule, or None."""
-        assessed = _assess(plan, ctx)
-        return assessed[0] if assessed else None
-
-    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str) -> tuple[float, float, int]:
+    def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str,
+                  memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[float, float, int]:
         """Worth of a score item: the impact of the unfired threshold rules its points would satisfy,
-        and the highest tier those rules lead to."""
+        and the highest tier those rules lead to (the same for every item of equal points: `memo`,
+        one request's)."""
+        hit = memo.get(score)
+        if hit is not None:
+            return hit
         sid, points = score
         value = scores.get(sid, 0) + points
         best: Impact = (0.0, 0.0)
         top = 0
+        number = None
         for threshold, tests in self.thresholds.get(sid, []):
-            if threshold.id not in fired and all(compare(value, leaf.op, leaf.value) for leaf in tests):
+            if threshold.id in fired:
+                continue
+            if number is None:
+                number = normalise_number(value)
+            if all(t.holds(number, value) for t in tests):
                 candidate = self.impact[threshold.id][tier]
                 top = max(top, self.reach[threshold.id])
                 if sum(candidate) > sum(best):
                     best = candidate
-        return best[0], best[1], top
+        memo[score] = out = (best[0], best[1], top)
+        return out
 
 
-def _merged(static: Any, touched: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
-    """One finding's contributions: the untouched rules' (static) and this request's, in rule order."""
-    items = [c for c in static if c.pos not in touched]
+def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
+    """One finding's contributions: the static ones of the rules not `replaced` and this
+    request's, in rule order."""
+    items = [c for c in static if c[0] not in replaced]  # c[POS]
     if dynamic:
         if items:
             items += dynamic
-            items.sort(key=_by_pos)
+            items.sort()  # by rule index: unique in one finding's contributions but for equal ones
         else:
             items = dynamic
     return items
 
 
-def _by_pos(c: Contribution) -> int:
-    return c.pos
+def _best(ranked: list[str], skip: set[str], new: list[str], n: int, credit: dict[str, Impact],
+          part: int) -> list[str]:
+    """The first `n` by credit (`part`: 0 urgency, 1 differential), highest first, then by code,
+    of the static tables' findings in `ranked` (already in that order) not in `skip` and of the
+    findings `new` (this request's credits): the same as sorting all of them and taking n."""
+    if n <= 0:
+        return []
+    out = []
+    for c in ranked:
+        if c not in skip:
+            out.append(c)
+            if len(out) == n:
+                break
+    if not new:
+        return out
+    return heapq.nsmallest(n, out + new, key=lambda c: (-credit[c][part], c))
+
+
+def _settle(codes: list[str], fresh: dict[str, list[Contribution]], reasons: dict[str, list[str]],
+            reach: dict[str, int]) -> None:
+    """The reasons and reach of `codes` whose credit this request recomputed."""
+    for code in codes:
+        items = fresh.pop(code, None)
+        if items is not None:
+            reasons[code] = [c[RULE_ID] for c in items]
+            reach[code] = max(0, *[c[TOP] for c in items])
 
 
 def _tier_change(reach: int, current: int) -> dict[str, Any]:
+    """How far answering could raise the tier (copied into the question, never kept)."""
+    return _TIER_CHANGES[reach, current]
+
+
+def _make_tier_change(reach: int, current: int) -> dict[str, Any]:
     steps = max(0, reach - current)
     return {"raises_tier_to": TIER_NAMES[reach] if steps else None, "tier_steps": steps}
+
+
+NO_RULES: frozenset[int] = frozenset()
+_TIER_CHANGES = {(r, c): _make_tier_change(r, c) for r in TIER_NAMES for c in TIER_NAMES}
 
 
 def _reach(k: Knowledge, rule: Rule, seen: frozenset[str] = frozenset()) -> int:
@@ -451,95 +683,3 @@ def _impact(k: Knowledge, rule: Rule, tier: str, seen: frozenset[str] = frozense
             u, d = max(impacts, key=sum)
             urgency, differential = urgency + u, differential + d
     return urgency, differential
-
-
-def _holds(leaf: Leaf, known: dict[str, Fact], derived: set[str]) -> bool:
-    """A finding given (and matching) or a fact derived: the presentation already points here."""
-    if leaf.kind == "finding":
-        fact = known.get(leaf.key)
-        return fact is not None and leaf_matches(leaf, fact)
-    return leaf.kind == "fact" and leaf.key in derived
-
-
-def _leaf(leaf: Leaf, ctx: Any) -> frozenset[str] | None:
-    """frozenset() = true; frozenset({code, ...}) = unknown, needs those findings; None = false."""
-    known, patient, derived, scores, pending, asked_unknown = ctx
-    if leaf.kind == "finding":
-        fact = known.get(leaf.key)
-        if fact is None:
-            if leaf.key in asked_unknown:
-                # Asked, and nobody knows: no question can complete a rule through it, so the
-                # interview moves on (read as false for ranking only; the rules never see it).
-                return None
-            return frozenset({leaf.key})
-        return _TRUE if leaf_matches(leaf, fact) else None
-    if leaf.kind == "patient":
-        if (patient.value if leaf.key == "age" else patient.choice) is None:
-            return frozenset({PATIENT_KEYS[leaf.key]})  # not given: unknown, like an unreported finding
-        return _TRUE if leaf_matches(leaf, patient) else None
-    if leaf.kind == "fact":
-        return _TRUE if leaf.key in derived else pending.get(leaf.key)
-    value = scores.get(leaf.key)
-    if value is None:
-        return None
-    return _TRUE if compare(value, leaf.op, leaf.value) else None
-
-
-def _assess(plan: _Plan, ctx: Any) -> tuple[frozenset[str], int] | None:
-    """A near miss: (the one or two unknown findings that would fire the rule, how many of its
-    tests already hold), or None. One pass, leaving at the first test known to fail, or as soon
-    as more than two findings would be needed: most rules leave at their first test."""
-    known = ctx[0]
-    # Cheapest of all: a top-level finding answered "unknown" (and not known otherwise: an old
-    # bundled code can be both, set from its atoms) can never hold, and more than two unanswered
-    # ones need more than two questions (either way no near miss, as below).
-    if plan.gate_keys:
-        if len(plan.gate_keys.difference(known)) > MAX_UNKNOWN_PER_RULE:
-            return None
-        asked = plan.gate_keys.intersection(ctx[5])
-        if asked and asked.difference(known):
-            return None
-    for g in plan.gates:  # a known input finding that fails
-        fact = known.get(g.key)
-        if fact is not None and not leaf_matches(g, fact):
-            return None
-    rule = plan.rule
-    for leaf in rule.when.none:
-        if _leaf(leaf, ctx) is _TRUE:
-            return None
-    needed: set[str] = set()
-    satisfied = 0
-    for leaf in plan.all_leaves:
-        r = _leaf(leaf, ctx)
-        if r is None:
-            return None
-        if r:
-            needed |= r
-            if len(needed) > MAX_UNKNOWN_PER_RULE:
-                return None
-        else:
-            satisfied += 1
-    nested = list(plan.all_groups)
-    if rule.when.any:
-        nested.append(Group("any", rule.when.any))
-    for group in nested:
-        r = _group(group.mode, group.items, ctx)
-        if r is None:
-            return None
-        needed |= r
-        satisfied += sum(1 for leaf in group.leaves() if _leaf(leaf, ctx) is _TRUE)
-    if not needed or len(needed) > MAX_UNKNOWN_PER_RULE:
-        return None
-    return frozenset(needed), satisfied
-
-
-def _group(mode: str, items: tuple[Leaf | Group, ...], ctx: Any) -> frozenset[str] | None:
-    results = [_group(i.mode, i.items, ctx) if isinstance(i, Group) else _leaf(i, ctx) for i in items]
-    if mode == "all":
-        if any(r is None for r in results):
-            return None
-        return frozenset().union(*results) if results else _TRUE
-    options = [r for r in results if r is not None]
-    if not options:
-        return None
-    return min(options, key=lambda r: (len(r), sorted(r)))

@@ -1,12 +1,13 @@
 """ask_next compiled at load (issue 18 part 2): what the rules a request does not touch give.
 
 A rule reads the same for every request that holds nothing it reads: no finding it tests sent
-(answered or "unknown"), no fact it reads derived or pending, no patient attribute it reads
-given, no score it reads or adds to. Every test is then unknown or false, so it is a near miss
-on the same one or two findings with the same credit whatever else was sent (and it cannot have
-fired). Such rules are read once per rule set and current tier, into the three tables ask_next
-builds (credit, reasons, reach); a request starts from a copy, reads only the rules it touches
-(`StaticPlan.touching`: each dependency's rules), and recomputes the findings they credit.
+(answered or "unknown"), no fact it reads derived or pending otherwise than when nothing is
+known, no patient attribute it reads given, no score it reads or adds to. Every test is then
+unknown or false, so it is a near miss on the same one or two findings with the same credit
+whatever else was sent (and it cannot have fired). Such rules are read once per rule set and
+current tier, into the three tables ask_next builds (credit, reasons, reach); a request starts
+from a copy, reads only the rules it touches (`StaticPlan.touching`: each dependency's rules),
+and recomputes the findings whose contributions changed.
 
 Credits are kept as the per-rule contributions in rule order as well, so that a recomputed
 finding sums them in the order ask_next always did (floating-point sums depend on the order,
@@ -16,29 +17,23 @@ it replaced (tests/test_ask_next_plan.py compares them with tests/reference/ask_
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
-
 from service.knowledge.model import Rule
 
 Impact = tuple[float, float]  # (urgency, differential)
 BREADTH = 0.1  # a finding's other consequences count a tenth of its strongest
 
 
-class Contribution(NamedTuple):
-    """What one near-miss rule gives one finding: scaled urgency and differential credit."""
-
-    pos: int  # the rule's index in the rule set: contributions are summed in this order
-    urgency: float
-    differential: float
-    rule_id: str
-    top: int  # the highest tier rank firing the rule could lead to
+# What one near-miss rule gives one finding: (its index in the rule set: contributions are
+# summed in this order, scaled urgency credit, scaled differential credit, the rule's id, the
+# highest tier rank firing it could lead to). A plain tuple: a request makes about a hundred.
+Contribution = tuple[int, float, float, str, int]
+POS, URGENCY, DIFFERENTIAL, RULE_ID, TOP = range(5)
 
 
 def dependencies(rule: Rule) -> frozenset[str]:
-    """What a rule reads of a request (`touch_keys` names a request's): its findings (positive
-    and `none`) by code, derived facts as `fact:<name>`, patient attributes as `patient:<attr>`
-    and scores as `score:<id>` (its score leaves and the score its item adds to)."""
+    """What a rule reads of a request: its findings (positive and `none`) by code, derived facts
+    as `fact:<name>`, patient attributes as `patient:<attr>` and scores as `score:<id>` (its
+    score leaves and the score its item adds to)."""
     out: set[str] = set()
     for leaf in [*rule.when.positive_leaves(), *rule.when.none]:
         out.add(leaf.key if leaf.kind == "finding" else f"{leaf.kind}:{leaf.key}")
@@ -47,22 +42,24 @@ def dependencies(rule: Rule) -> frozenset[str]:
     return frozenset(out)
 
 
-def worth(gains: Iterable[float]) -> float:
+def worth(gains: list[float]) -> float:
     """A finding's worth from its contributions: the strongest plus a tenth of the others, summed
     in rule order (summing would let ten correlated Wells items drown a decisive question)."""
-    g = list(gains)
-    return max(g) + BREADTH * (sum(g) - max(g)) if g else 0.0
+    if not gains:
+        return 0.0
+    strongest = max(gains)
+    return strongest + BREADTH * (sum(gains) - strongest)
 
 
 class StaticTier:
     """For one current tier: every finding's credit from every rule, none of them touched."""
 
-    __slots__ = ("alt", "credit", "gains", "reach", "reasons", "rule_codes")
+    __slots__ = ("alt", "credit", "gains", "reach", "read_of", "reasons")
 
     def __init__(self) -> None:
         self.gains: dict[str, list[Contribution]] = {}  # finding -> contributions, rule order
         self.alt: dict[str, list[Contribution]] = {}  # the other options of `any` groups, the same
-        self.rule_codes: dict[int, tuple[str, ...]] = {}  # rule pos -> the findings it credits
+        self.read_of: dict[int, tuple[Contribution, frozenset[str]]] = {}  # rule pos -> what it gives
         self.credit: dict[str, Impact] = {}
         self.reasons: dict[str, list[str]] = {}
         self.reach: dict[str, int] = {}
@@ -72,7 +69,7 @@ class StaticTier:
             self.gains.setdefault(code, []).append(c)
         for code in alternatives:
             self.alt.setdefault(code, []).append(c)
-        self.rule_codes[c.pos] = tuple(needed)
+        self.read_of[c[POS]] = (c, needed)
 
     def seal(self) -> None:
         for code, items in self.gains.items():
@@ -81,8 +78,11 @@ class StaticTier:
 
 def combine(items: list[Contribution]) -> tuple[Impact, list[str], int]:
     """Credit, reasons and reach of one finding from its contributions (in rule order)."""
-    return ((worth(c.urgency for c in items), worth(c.differential for c in items)),
-            [c.rule_id for c in items], max(0, *(c.top for c in items)))
+    if len(items) == 1:  # the most common case, without the list comprehensions
+        c = items[0]
+        return (worth([c[URGENCY]]), worth([c[DIFFERENTIAL]])), [c[RULE_ID]], max(0, c[TOP])
+    return ((worth([c[URGENCY] for c in items]), worth([c[DIFFERENTIAL] for c in items])),
+            [c[RULE_ID] for c in items], max(0, *[c[TOP] for c in items]))
 
 
 Read = tuple[Contribution, frozenset[str], list[str], bool]  # contribution, needed, alternatives, related
@@ -92,19 +92,20 @@ class StaticPlan:
     """Every rule's credits per tier as read when the request touches nothing of it, and which
     rules each dependency touches.
 
-    `untouched[i]` is rule i's near miss when nothing is known (for the derivers' pending facts);
-    `reads[tier]` the (rule index, what reading it gives or None) of the tier's candidates."""
+    `pending` is what the derivers find pending when nothing is known (fact -> the findings it
+    needs): the static reading holds it, so a request touches the rules reading a fact only
+    when it is derived or pending otherwise. `reads[tier]` the (rule index, what reading it
+    gives or None) of the tier's candidates."""
 
-    def __init__(self, rules: tuple[Rule, ...], untouched: dict[int, tuple[frozenset[str], int] | None],
+    def __init__(self, rules: tuple[Rule, ...], pending: dict[str, frozenset[str]],
                  reads: dict[str, list[tuple[int, Read | None]]]) -> None:
-        self.deps = [dependencies(rule) for rule in rules]
         index: dict[str, set[int]] = {}
-        for i, keys in enumerate(self.deps):
+        for i, keys in enumerate(dependencies(rule) for rule in rules):
             for key in keys:
                 index.setdefault(key, set()).add(i)
         # dependency -> the rules that read it: a request holding it touches them.
         self.touching: dict[str, frozenset[int]] = {key: frozenset(v) for key, v in index.items()}
-        self.untouched = untouched
+        self.pending = pending
         self.tiers: dict[str, StaticTier] = {}
         for tier, rows in reads.items():
             table = StaticTier()
@@ -114,16 +115,3 @@ class StaticPlan:
                     table.add(c, needed, alternatives)
             table.seal()
             self.tiers[tier] = table
-
-    def touched(self, keys: Iterable[str], out: set[int] | None = None) -> set[int]:
-        """The rules that read any of `keys` (added to `out`)."""
-        out = set() if out is None else out
-        for key in keys:
-            hit = self.touching.get(key)
-            if hit:
-                out |= hit
-        return out
-
-    def reads(self, i: int, keys: Iterable[str]) -> bool:
-        deps = self.deps[i]
-        return any(key in deps for key in keys)
