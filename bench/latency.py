@@ -10,12 +10,15 @@ patient age (so no two evaluations in a run see the same facts), in three sizes:
            present: false (denied), as a triage questionnaire answered in full would send
   large    ~60 findings, padded the same way
 
-and each is timed three ways, with time.perf_counter_ns around every single evaluation:
+and each is timed four ways, with time.perf_counter_ns around every single evaluation:
 
   engine   Evaluator.engine.evaluate(encounter.facts())        the durable-rules run only
   evaluate Evaluator.evaluate(encounter)                      engine + building the answer
   request  orjson.loads -> parse_encounter -> evaluate -> orjson.dumps
                                                               what a request costs minus HTTP
+  wsgi     POST /v1/evaluations through the whole Flask app (create_app's wsgi_app, called
+           with a WSGI environ as gunicorn builds it): the above plus Flask and werkzeug, the
+           request id, metrics and both log lines (written to /dev/null), security headers
 
 Prints a table (ms) and writes JSON with machine and rule-set details to
 bench/results/latency-<timestamp>.json (or --out). A benchmark, not a test: it asserts nothing.
@@ -52,7 +55,7 @@ from service.reasoning.evaluation import Evaluator  # noqa: E402
 
 GROUPS: dict[str, int | None] = {"small": None, "typical": 20, "large": 60}  # None: the case, capped at 5
 SMALL_MAX = 5
-MODES = ("engine", "evaluate", "request")
+MODES = ("engine", "evaluate", "request", "wsgi")
 AGE_MIN, AGE_SPAN_CENTI = 18.0, 6300  # ages 18.00 .. 80.99 in steps of 0.01: unique for 6300 in a row
 
 
@@ -98,14 +101,54 @@ def build_inputs(
     return raws, encounters
 
 
-def runner(evaluator: Evaluator, mode: str) -> Callable[[bytes, Encounter], Any]:
+def runner(evaluator: Evaluator, mode: str, rules: str | None = None) -> Callable[[bytes, Encounter], Any]:
     k = evaluator.knowledge
     engine = evaluator.engine
     if mode == "engine":
         return lambda raw, enc: engine.evaluate(enc.facts())
     if mode == "evaluate":
         return lambda raw, enc: evaluator.evaluate(enc)
+    if mode == "wsgi":
+        return wsgi_runner(evaluator, rules or str(DEFAULT_RULES_DIR))
     return lambda raw, enc: orjson.dumps(evaluator.evaluate(parse_encounter(k, orjson.loads(raw))))
+
+
+def wsgi_runner(evaluator: Evaluator, rules: str) -> Callable[[bytes, Encounter], Any]:
+    """POST /v1/evaluations through the app's whole WSGI callable, as a gunicorn worker calls it
+    (single-process metrics unless PROMETHEUS_MULTIPROC_DIR is set, as under gunicorn). The app
+    evaluates with the other modes' evaluator, so that the difference to `request` is the
+    app's own cost, not a second engine's and ranker's cache misses."""
+    import io
+    import logging
+
+    from service import create_app
+
+    app = create_app({"RULES_DIR": rules})
+    app.extensions["evaluator"] = evaluator
+    sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the benchmark
+    for handler in logging.getLogger("service").handlers:  # the JSON lines are formatted, not shown
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sink)
+    base = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/evaluations", "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "127.0.0.1:8000", "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json",
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
+            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False}
+    wsgi_app = app.wsgi_app
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        if not status.startswith("200"):
+            raise SystemExit(f"POST /v1/evaluations answered {status}")
+
+    def call(raw: bytes, enc: Encounter) -> bytes:
+        environ = {**base, "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+        body = wsgi_app(environ, start_response)
+        try:
+            return b"".join(body)
+        finally:
+            body.close()  # type: ignore[attr-defined]
+
+    return call
 
 
 def time_interleaved(
@@ -199,13 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"n={args.n} per group and mode, warm-up {args.warmup}; python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cpus\n")
 
+    fns = {mode: runner(evaluator, mode, args.rules) for mode in MODES}
     results: list[dict[str, Any]] = []
     tiers: dict[str, dict[str, int]] = {}
     for g, (group, target) in enumerate(GROUPS.items()):
         # Disjoint index ranges for every group, mode and the warm-up: each encounter is
         # evaluated once, with an age no other encounter in the run has.
         base = g * (len(MODES) + 1) * (args.n + args.warmup)
-        fns = {mode: runner(evaluator, mode) for mode in MODES}
         warm = {mode: build_inputs(k, args.warmup, base + i * args.warmup, target) for i, mode in enumerate(MODES)}
         base += len(MODES) * args.warmup
         inputs = {mode: build_inputs(k, args.n, base + i * args.n, target) for i, mode in enumerate(MODES)}
@@ -264,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                        "large": "padded to 60 with denied findings"},
             "modes": {"engine": "Evaluator.engine.evaluate(encounter.facts())",
                       "evaluate": "Evaluator.evaluate(encounter)",
-                      "request": "orjson.loads + parse_encounter + Evaluator.evaluate + orjson.dumps"},
+                      "request": "orjson.loads + parse_encounter + Evaluator.evaluate + orjson.dumps",
+                      "wsgi": "POST /v1/evaluations through create_app()'s wsgi_app (Flask, metrics, logs)"},
             "percentiles": "nearest rank",
             "clock": "time.perf_counter_ns per evaluation, modes interleaved; gc enabled, collected before each group",
         },

@@ -166,7 +166,14 @@ def route_template(rule: str | None) -> str:
     """`/v1/<any(findings, ...):name>` -> `/v1/<name>`; no matching rule -> `<unmatched>`."""
     if rule is None:
         return UNMATCHED_ROUTE
-    return _CONVERTER.sub(r"<\1>", rule)
+    template = _TEMPLATES.get(rule)
+    if template is None:
+        # Only the app's own route rules reach here (never a raw path), so this stays small.
+        template = _TEMPLATES[rule] = _CONVERTER.sub(r"<\1>", rule)
+    return template
+
+
+_TEMPLATES: dict[str, str] = {}  # route rule -> template: the regex once per route, not twice a request
 
 
 def current_route() -> str:
