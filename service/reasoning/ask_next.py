@@ -83,7 +83,9 @@ _Row = tuple[RuleBits, str, float, float, int, "tuple[str, float] | None"]
 # What reading a rule gives: its contribution, the findings it needs, its T and F bits, and
 # whether a finding given or a fact derived already supports it (for urgency).
 _Reading = tuple[Contribution, frozenset[str], int, int, bool]
-_UNREAD: Any = object()  # no reading at load for this rule and finding
+# A rule touched by one finding alone, read at load: its reading, its entry for `near`, and
+# whether it reads as in the static tables.
+_Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int] | None", bool]
 
 
 class _Plan:
@@ -199,7 +201,9 @@ class QuestionRanker:
         # and by nothing else, reads the same in every such request: read at load, per tier,
         # keyed (rule index, finding, present: True / False / None for "unknown"). A present
         # finding with leaves on its value or choice is read per request.
-        self.single: dict[str, dict[tuple[int, str, bool | None], _Reading | None]] = {t: {} for t in TIER_RANK}
+        # Each with its entry for `near` and whether it reads as in the static tables (then
+        # a request only notes it as a near miss: no credit changes).
+        self.single: dict[str, dict[tuple[int, str, bool | None], _Single]] = {t: {} for t in TIER_RANK}
         free = ~(self.bits.facts_all | self.bits.scores_all)
         nobody = Fact("patient", "patient")
         for code, (_, _, _, _, valued) in self.bits.by_code.items():
@@ -210,8 +214,9 @@ class QuestionRanker:
                 for i in touching.get(code, ()):
                     for tier, rows in self.rows.items():
                         if i in rows:
-                            self.single[tier][i, code, present] = self._read_row(
-                                i, rows[i], t1, f1, pending0, {}, set(), tier, {})
+                            read = self._read_row(i, rows[i], t1, f1, pending0, {}, set(), tier, {})
+                            same = _as_static(read, self.static.tiers[tier].read_of.get(i))
+                            self.single[tier][i, code, present] = (read, None if read is None else read[:4], same)
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
@@ -274,9 +279,17 @@ class QuestionRanker:
                 code = None if i in others else alone.get(i)
                 if code is not None:
                     fact = known.get(code)
-                    read = single.get((i, code, None if fact is None else fact.present), _UNREAD)
-                    if read is _UNREAD:
+                    hit = single.get((i, code, None if fact is None else fact.present))
+                    if hit is None:
                         read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+                    else:
+                        read, entry, same = hit
+                        if same:  # as in the static tables: a near miss or not, no credit changes
+                            if entry is not None:
+                                near[i] = entry
+                                if read[4]:  # supported
+                                    related.update(read[1])
+                            continue
                 else:
                     read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
             old = before.get(i)
@@ -324,11 +337,13 @@ class QuestionRanker:
                 items = gains.get(code)
             if items:
                 if len(items) == 1:
-                    us, ds = [items[0][1]], [items[0][2]]
+                    # worth() of one finite value x is x + 0.1 * 0.0, that is x + 0.0 (-0.0 becomes 0.0)
+                    c = items[0]
+                    credit[code] = c[1] + 0.0, c[2] + 0.0
                 else:
                     us, ds = [c[1] for c in items], [c[2] for c in items]  # c[URGENCY], c[DIFFERENTIAL]
-                mu, md = max(us), max(ds)
-                credit[code] = mu + BREADTH * (sum(us) - mu), md + BREADTH * (sum(ds) - md)  # worth()
+                    mu, md = max(us), max(ds)
+                    credit[code] = mu + BREADTH * (sum(us) - mu), md + BREADTH * (sum(ds) - md)  # worth()
                 fresh[code] = items
             else:
                 del credit[code], reasons[code], reach[code]
@@ -604,6 +619,14 @@ def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None)
         else:
             items = dynamic
     return items
+
+
+def _as_static(read: _Reading | None, old: tuple[Contribution, frozenset[str]] | None) -> bool:
+    """Whether a reading gives what the static tables hold for its rule (both no near miss, or
+    the same contribution to the same findings)."""
+    if read is None or old is None:
+        return read is None and old is None
+    return old[0] == read[0] and old[1] == read[1]
 
 
 def _best(ranked: list[str], skip: set[str], new: list[str], n: int, credit: dict[str, Impact],
