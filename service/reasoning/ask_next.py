@@ -85,6 +85,7 @@ _Row = tuple[RuleBits, str, float, float, int, "tuple[str, float] | None"]
 _Reading = tuple[Contribution, frozenset[str], int, int, bool]
 # A rule touched by one finding alone, read at load: its reading, its entry for `near`, and
 # whether it reads as in the static tables.
+_AGED: Any = object()  # a rule no finding touches (in rank: touched by the age alone)
 _Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int] | None", bool]
 
 
@@ -218,6 +219,25 @@ class QuestionRanker:
                             same = _as_static(read, self.static.tiers[tier].read_of.get(i))
                             self.single[tier][i, code, present] = (read, None if read is None else read[:4], same)
 
+        # A rule touched by the age alone reads by which of its age tests hold (every one holds
+        # or fails when the age is given): each combination read at load, per tier, keyed (rule
+        # index, its age leaves' bits that hold, shifted to the rule's block).
+        self.age_bits: dict[int, tuple[int, int]] = {}
+        self.by_age: dict[str, dict[tuple[int, int], _Single]] = {t: {} for t in TIER_RANK}
+        for i in self.touch_patient.get("age", ()):
+            rb = self.bits.rules[i]
+            local = [b for b, leaf in enumerate(rb.leaves) if leaf.kind == "patient" and leaf.key == "age"]
+            mask = sum(1 << b for b in local)
+            self.age_bits[i] = (rb.off, mask)
+            for n in range(1 << len(local)):
+                held = sum(1 << b for j, b in enumerate(local) if n >> j & 1)
+                t1, f1 = held << rb.off, f0 | ((mask & ~held) << rb.off)
+                for tier, rows in self.rows.items():
+                    if i in rows:
+                        read = self._read_row(i, rows[i], t1, f1, pending0, {}, set(), tier, {})
+                        same = _as_static(read, self.static.tiers[tier].read_of.get(i))
+                        self.by_age[tier][i, held] = (read, None if read is None else read[:4], same)
+
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
         pos_of = self.pos_of
@@ -242,9 +262,10 @@ class QuestionRanker:
                 alone[i] = None if i in alone else code
         # ... and by a patient attribute, score, derived fact or a fact pending otherwise than
         # in the static reading.
+        # A rule touched by the age and nothing else is read from a table (self.by_age): the age
+        # is given in most requests, and only whether each of its age tests holds matters.
+        aged = self.touch_patient.get("age", NO_RULES) if enc.age is not None else NO_RULES
         others: set[int] = set()
-        if enc.age is not None:
-            others |= self.touch_patient.get("age", NO_RULES)
         if enc.sex is not None:
             others |= self.touch_patient.get("sex", NO_RULES)
         touch_score, touch_fact = self.touch_score, self.touch_fact
@@ -252,7 +273,7 @@ class QuestionRanker:
             others |= touch_score.get(sid, NO_RULES)
         for name in derived:
             others |= touch_fact.get(name, NO_RULES)
-        touched = others.union(alone)
+        touched = others.union(alone, aged)
         pending, f = self._pending(t, f, fired, derived, touched)
         pending0 = static.pending
         for name in pending.keys() | pending0.keys():
@@ -271,27 +292,30 @@ class QuestionRanker:
         memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
         # The touched candidates in rule order: one touched by a single finding alone from the
         # table read at load, the others read here.
-        single = self.single[tier]
+        single, by_age, age_bits = self.single[tier], self.by_age[tier], self.age_bits
         for i in sorted(touched & self.candidate_pos[tier]):
             if i in fired:
                 read = None
             else:
-                code = None if i in others else alone.get(i)
-                if code is not None:
-                    fact = known.get(code)
-                    hit = single.get((i, code, None if fact is None else fact.present))
-                    if hit is None:
-                        read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
-                    else:
-                        read, entry, same = hit
-                        if same:  # as in the static tables: a near miss or not, no credit changes
-                            if entry is not None:
-                                near[i] = entry
-                                if read[4]:  # supported
-                                    related.update(read[1])
-                            continue
-                else:
+                hit = None
+                if i not in others:
+                    code = alone.get(i, _AGED)
+                    if code is _AGED:  # touched by the age alone: by which of its age tests hold
+                        off, mask = age_bits[i]
+                        hit = by_age.get((i, (t >> off) & mask))
+                    elif code is not None and i not in aged:
+                        fact = known.get(code)
+                        hit = single.get((i, code, None if fact is None else fact.present))
+                if hit is None:
                     read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+                else:
+                    read, entry, same = hit
+                    if same:  # as in the static tables: a near miss or not, no credit changes
+                        if entry is not None:
+                            near[i] = entry
+                            if read[4]:  # supported
+                                related.update(read[1])
+                        continue
             old = before.get(i)
             if read is None:
                 if old is not None:
