@@ -182,6 +182,7 @@ class QuestionRanker:
         self.touch_score = {key[6:]: v for key, v in touching.items() if key.startswith("score:")}
         self.touch_fact = {key[5:]: v for key, v in touching.items() if key.startswith("fact:")}
 
+        self.titles = {rule.id: rule.title for rule in k.rules}  # for questions' `why`
         # Each finding's question as far as it is the same in every answer (a new dict and
         # list per answer: a client may change its copy).
         self.heads: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -591,7 +592,8 @@ class QuestionRanker:
     def _question(self, code: str, impact: float, rules: list[str], aim: str,
                   change: dict[str, Any], lowers: bool = False) -> dict[str, Any]:
         head, choices = self.heads[code]
-        titles = "; ".join([self.k.rules_by_id[r].title for r in rules[:3]])
+        title = self.titles
+        titles = "; ".join([title[r] for r in rules[:3]])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
         if lowers and aim != "urgency":
             lead = LOWERS_LEAD
