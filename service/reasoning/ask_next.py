@@ -38,7 +38,7 @@ rule is read from its block of them), and every rule is read once per current ti
 request held nothing it reads (service/reasoning/ask_next_plan.py), the facts pending when
 nothing is known included. A request reads only the rules its findings (answered or unknown),
 derived facts, facts pending otherwise, given attributes and scores touch (one touched by a
-single finding alone from a table read at load as well), recomputes the credit of the findings
+single finding alone, or by the age alone, from tables read at load as well), recomputes the credit of the findings
 whose contributions changed, summed in rule order as before, and picks the best few questions
 from the static tables' own ranking and the changed findings instead of sorting every one.
 The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
