@@ -695,15 +695,6 @@ class _Mapper:
     def _episode_finding(finding: Finding) -> bool:
         return finding.topic in EPISODE_TOPICS or finding.code in EPISODE_FINDINGS
 
-    @staticmethod
-    def _condition_began(cond: dict[str, Any], path: str) -> datetime | None:
-        """When the problem began: its onset, else when it was recorded (the latest instant a
-        partial date allows, so that a date on the window's edge is not called old)."""
-        for key in ("onsetDateTime", "recordedDate"):
-            if cond.get(key) is not None:
-                return parse_fhir_datetime(cond[key], f"{path}.{key}", latest=True)
-        return None
-
     def condition(self, cond: dict[str, Any], path: str) -> None:
         source = _ref(cond, path)
         _check_subject(cond, path, self.patient_id)
@@ -714,14 +705,18 @@ class _Mapper:
         label = _label(cond.get("code"))
         verification = {c for s, c in _concepts(cond, "verificationStatus", path) if s == CONDITION_VERIFICATION}
         clinical = {c for s, c in _concepts(cond, "clinicalStatus", path) if s == CONDITION_CLINICAL}
-        when = None
+        # Each date parsed once: the latest instant a partial date allows (a date on the window's
+        # edge is not called old). `when` (which record is latest) prefers the recorded date;
+        # `began` (is it of this episode) prefers the onset.
+        dates = {key: parse_fhir_datetime(cond[key], f"{path}.{key}", latest=True)
+                 for key in ("recordedDate", "onsetDateTime") if cond.get(key) is not None}
+        when = dates.get("recordedDate", dates.get("onsetDateTime"))
+        began = dates.get("onsetDateTime", dates.get("recordedDate"))
         shown = None
         for key in ("recordedDate", "onsetDateTime"):
-            if cond.get(key) is not None:
-                when = parse_fhir_datetime(cond[key], f"{path}.{key}", latest=True)
+            if key in dates:
                 shown = f"{'recorded' if key == 'recordedDate' else 'onset'} {str(cond[key])[:10]}"
                 break
-        began = self._condition_began(cond, path)
         status = sorted(clinical)[0] if clinical else None
         evidence = "Condition" + (f", {status}" if status and status != "active" else "") + \
             (f", {shown}" if shown else "")

@@ -54,17 +54,20 @@ def groups_for_page(k: Knowledge) -> list[dict[str, Any]]:
 
 
 @bp.record_once
-def _load_groups(state: BlueprintSetupState) -> None:
-    # Read (and checked) once, when the service starts: a bad group stops it like a bad rule.
+def _load_page(state: BlueprintSetupState) -> None:
+    # Everything the page shows comes from the rule set, so it is read (and checked) once, when
+    # the service starts: a bad group stops it like a bad rule, and a page request does not
+    # re-read presentations.yaml.
     app = state.app
-    app.extensions["question_groups"] = groups_for_page(app.extensions["evaluator"].knowledge)
+    k = app.extensions["evaluator"].knowledge
+    app.extensions["question_groups"] = groups_for_page(k)
+    app.extensions["page_context"] = {"groups": grouped_findings(k), "sites": pain_sites(k),
+                                      "complaints": complaints(k), "ruleset": k}
 
 
 @bp.get("/")
 def page() -> Response:
-    k = current_app.extensions["evaluator"].knowledge
-    html = render_template("index.html", groups=grouped_findings(k), sites=pain_sites(k),
-                           complaints=complaints(k), ruleset=k,
+    html = render_template("index.html", **current_app.extensions["page_context"],
                            question_groups=current_app.extensions["question_groups"])
     resp = Response(html, mimetype="text/html")
     resp.headers["Content-Security-Policy"] = CSP
