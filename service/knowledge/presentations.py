@@ -31,18 +31,26 @@ class Presentation:
     opening: bool = True  # offered in the opening's list (the pain sites have a list of their own)
 
 
-def load_presentations(k: Knowledge, rules_dir: Path | None = None) -> tuple[Presentation, ...]:
-    """The rule set's presentations, checked against its vocabulary and sources; () without the file."""
+def read_document(k: Knowledge, rules_dir: Path | None = None) -> object | None:
+    """presentations.yaml parsed (None when the rule set has none): the presentations and the
+    question groups (service/knowledge/question_groups.py) both live in it."""
     folder = rules_dir or k.rules_dir
     path = Path(folder) / FILE if folder is not None else None
     if path is None or not path.exists():
-        return ()
-    problems: list[str] = []
+        return None
     try:
         # Bandit B506: StrictLoader is a SafeLoader that also refuses a repeated key.
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # nosec B506
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # nosec B506
     except yaml.YAMLError as exc:
         raise RuleLoadError([LoadProblem(FILE, None, f"not valid YAML: {exc}")]) from exc
+
+
+def load_presentations(k: Knowledge, rules_dir: Path | None = None) -> tuple[Presentation, ...]:
+    """The rule set's presentations, checked against its vocabulary and sources; () without the file."""
+    doc = read_document(k, rules_dir)
+    if doc is None:
+        return ()
+    problems: list[str] = []
     items = doc.get("presentations") if isinstance(doc, dict) else None
     if not isinstance(items, list):
         raise RuleLoadError([LoadProblem(FILE, None, "expected a mapping with a 'presentations' list")])

@@ -15,12 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from service.errors import LoadProblem, RuleLoadError
-from service.knowledge.loader import StrictLoader
 from service.knowledge.model import Knowledge
-from service.knowledge.presentations import FILE
+from service.knowledge.presentations import FILE, read_document
 
 ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -35,15 +32,9 @@ class QuestionGroup:
 
 def load_question_groups(k: Knowledge, rules_dir: Path | None = None) -> tuple[QuestionGroup, ...]:
     """The rule set's question groups, checked against its vocabulary and sources; () without them."""
-    folder = rules_dir or k.rules_dir
-    path = Path(folder) / FILE if folder is not None else None
-    if path is None or not path.exists():
+    doc = read_document(k, rules_dir)
+    if doc is None:
         return ()
-    try:
-        # Bandit B506: StrictLoader is a SafeLoader that also refuses a repeated key.
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # nosec B506
-    except yaml.YAMLError as exc:
-        raise RuleLoadError([LoadProblem(FILE, None, f"not valid YAML: {exc}")]) from exc
     items = doc.get("question_groups", []) if isinstance(doc, dict) else []
     if not isinstance(items, list):
         raise RuleLoadError([LoadProblem(FILE, None, "question_groups must be a list")])
