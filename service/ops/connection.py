@@ -41,8 +41,8 @@ def close_after_response() -> None:
         g.close_connection = True
 
 
-def _has_body() -> bool:
-    return bool(request.content_length) or "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
+def _has_body(req: Any) -> bool:
+    return bool(req.content_length) or "chunked" in (req.environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
 
 
 def init_app(app: Flask) -> None:
@@ -51,9 +51,11 @@ def init_app(app: Flask) -> None:
         # An error answered before the whole body was read (auth, media type, limits) leaves bytes
         # that would be parsed as the next request; draining workers are about to stop. Either
         # way, the client must not reuse this connection. A 4xx after the body was read in full
-        # (422, a JSON error) keeps it.
-        unread = _has_body() and not g.get("body_consumed")
-        if is_draining() or (resp.status_code >= 400 and unread) or g.get("close_connection"):
+        # (422, a JSON error) keeps it. (The request's own g and request, not their proxies:
+        # this runs on every response.)
+        attrs = g._get_current_object().__dict__
+        unread = _has_body(request._get_current_object()) and not attrs.get("body_consumed")
+        if is_draining() or (resp.status_code >= 400 and unread) or attrs.get("close_connection"):
             close_after_response()
             resp.headers["Connection"] = "close"
         return resp

@@ -33,7 +33,7 @@ import uuid
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 
 try:  # gunicorn is a runtime dependency, but keep `service.ops.logs` importable without it
     from gunicorn.glogging import Logger as _GunicornLogger
@@ -177,16 +177,28 @@ _TEMPLATES: dict[str, str] = {}  # route rule -> template: the regex once per ro
 
 
 def current_route() -> str:
-    rule = request.url_rule
-    return route_template(rule.rule if rule is not None else None)
+    return request_labels(g._get_current_object(), request._get_current_object())[0]
 
 
 def current_method() -> str:
-    return request.method if request.method in METHODS else "OTHER"
+    return request_labels(g._get_current_object(), request._get_current_object())[1]
 
 
 def request_started() -> float:
     return g.get("cds_started") or time.perf_counter()
+
+
+def request_labels(state: Any, req: Any) -> tuple[str, str]:
+    """(route template, method) of the request: computed once, for the request line and the
+    request metrics both. `state` and `req` are the request's own `g` and request object, not
+    the LocalProxies: the hooks below run on every response, and each proxy lookup costs."""
+    labels = state.__dict__.get("cds_labels")
+    if labels is None:
+        rule = req.url_rule
+        method = req.method
+        labels = state.cds_labels = (route_template(rule.rule if rule is not None else None),
+                                     method if method in METHODS else "OTHER")
+    return labels
 
 
 def set_tier(tier: str) -> None:
@@ -197,37 +209,53 @@ def set_tier(tier: str) -> None:
 
 def init_app(app: Flask) -> None:
     configure_logging(app.config.get("LOG_LEVEL", "info"))
+    extensions = app.extensions  # this app's, which is current_app in its own requests
 
     @app.before_request
     def _start() -> None:
-        g.cds_started = time.perf_counter()
-        g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        state = g._get_current_object()
+        state.cds_started = time.perf_counter()
+        # request.headers.get(REQUEST_ID_HEADER) reads this same environ key
+        state.request_id = request_id_from(request.environ.get(_REQUEST_ID_ENVIRON))
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        rid = g.get("request_id") or request_id_from(None)
+        state = g._get_current_object()
+        attrs = state.__dict__
+        rid = attrs.get("request_id") or request_id_from(None)
         response.headers[REQUEST_ID_HEADER] = rid
         if request_log.isEnabledFor(logging.INFO):
+            route, method = request_labels(state, request._get_current_object())
+            started = attrs.get("cds_started") or time.perf_counter()
+            evaluator = extensions.get("evaluator")
             fields: dict[str, Any] = {
                 "event": "request",
-                "method": current_method(),
-                "route": current_route(),
+                "method": method,
+                "route": route,
                 "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - request_started()) * 1000, 3),
-                "ruleset_version": _ruleset_version(),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "ruleset_version": evaluator.knowledge.version if evaluator is not None else None,
             }
-            tier = g.get("cds_tier")
+            tier = attrs.get("cds_tier")
             if tier:
                 fields["tier"] = tier
-            request_log.info("request", extra={FIELDS: fields, "request_id": rid})
+            _emit(request_log, "request", fields, rid)
         return response
 
 
-def _ruleset_version() -> str | None:
-    evaluator = current_app.extensions.get("evaluator")
-    return evaluator.knowledge.version if evaluator is not None else None
+_REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+
+
+def _emit(logger: logging.Logger, msg: str, fields: dict[str, Any], request_id: str | None = None) -> None:
+    """`logger.info(msg, extra=...)` for the two per-request lines, without `Logger.findCaller`
+    walking the stack for a file and line no field of these lines shows. Same record otherwise
+    (level, name, message, the fields), through the same handlers and filters."""
+    extra: dict[str, Any] = {FIELDS: fields}
+    if request_id is not None:
+        extra["request_id"] = request_id
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, (), None, extra=extra))
 
 
 def log_evaluation(fields: dict[str, Any]) -> None:
     if evaluation_log.isEnabledFor(logging.INFO):
-        evaluation_log.info("evaluation", extra={FIELDS: {"event": "evaluation", **fields}})
+        _emit(evaluation_log, "evaluation", {"event": "evaluation", **fields})

@@ -33,7 +33,7 @@ if MULTIPROC_DIR:
     os.makedirs(MULTIPROC_DIR, exist_ok=True)
 
 import prometheus_client  # noqa: E402  (after the multiprocess directory is settled)
-from flask import Blueprint, Flask, Response, current_app  # noqa: E402
+from flask import Blueprint, Flask, Response, current_app, g, request  # noqa: E402
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram  # noqa: E402
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric  # noqa: E402
 
@@ -283,6 +283,8 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _count(response: Response) -> Response:
-        observe_request(logs.current_route(), logs.current_method(), response.status_code,
-                        time.perf_counter() - logs.request_started())
+        state = g._get_current_object()  # the request's own g, not the proxy: one lookup, not four
+        route, method = logs.request_labels(state, request._get_current_object())
+        started = state.__dict__.get("cds_started") or time.perf_counter()
+        observe_request(route, method, response.status_code, time.perf_counter() - started)
         return response
