@@ -208,3 +208,14 @@ def test_no_patient_data_in_gunicorn_output(tmp_path):
     assert {x["request_id"] for x in requests_logged if x["route"] == "/v1/evaluations"} >= {"it-logs-1"}
     assert len([x for x in records if x.get("event") == "evaluation"]) == 3
     assert any(x["logger"] == "gunicorn.error" for x in records)
+
+
+def test_the_request_line_has_the_route_template_and_a_closed_method(client, captured):
+    """The route and method are worked out once per request for the request line and the
+    request metrics (service/ops/logs.py request_labels): an unknown method and an unmatched
+    path are still written as OTHER and <unmatched>, a matched route as its template."""
+    client.open("/v1/zz-no-such-path", method="ZZSECRETMETHOD")
+    client.get("/v1/rules/ZZ-NO-SUCH-RULE")
+    req = [x for x in lines(captured) if x.get("event") == "request"]
+    assert [(x["method"], x["route"]) for x in req] == [("OTHER", "<unmatched>"), ("GET", "/v1/rules/<rule_id>")]
+    assert "ZZSECRET" not in captured.getvalue()
