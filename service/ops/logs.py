@@ -253,7 +253,9 @@ def _emit(logger: logging.Logger, msg: str, fields: dict[str, Any], request_id: 
     extra: dict[str, Any] = {FIELDS: fields}
     if request_id is not None:
         extra["request_id"] = request_id
-    logger.handle(logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, (), None, extra=extra))
+    # What Logger._log itself passes when it is told not to look for the caller (logging._srcfile None).
+    logger.handle(logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, (), None,
+                                    func="(unknown function)", extra=extra))
 
 
 def log_evaluation(fields: dict[str, Any]) -> None:
