@@ -55,17 +55,23 @@ def fast_load(body: dict[str, Any]) -> dict[str, Any] | None:
         req = msgspec.convert(body, _Request, strict=True)
     except msgspec.ValidationError:
         return None
-    # The body's own finding objects rather than copies rebuilt from the struct: with
-    # strict=True and no unknown fields msgspec has checked them and converted nothing (an int
-    # stays an int), so they are what the schema loads, once a left-out `present` is filled in.
     findings: list[dict[str, Any]] = []
     seen: set[tuple[str | None, str]] = set()
-    for item in body["findings"]:
-        key = (item.get("system"), item["code"])
+    for f in req.findings:
+        item: dict[str, Any] = {"code": f.code, "present": f.present}
+        if f.system is not msgspec.UNSET:
+            item["system"] = f.system
+        if f.value is not msgspec.UNSET:
+            item["value"] = f.value
+        if f.unit is not msgspec.UNSET:
+            item["unit"] = f.unit
+        if f.laterality is not msgspec.UNSET:
+            item["laterality"] = f.laterality
+        key = (item.get("system"), f.code)
         if key in seen:  # the schema names the duplicate and where it was first given
             return None
         seen.add(key)
-        findings.append(item if "present" in item else {**item, "present": True})
+        findings.append(item)
     data: dict[str, Any] = {"findings": findings}
     if req.patient is msgspec.UNSET:
         data["patient"] = {}

@@ -58,46 +58,32 @@ def _encounter(k: Knowledge, data: dict[str, Any]) -> Encounter:
     unknown: set[str] = set()
     where: dict[str, int] = {}
     codings_read: list[dict[str, str]] = []
-    vocabulary = k.findings
     for i, item in enumerate(data["findings"]):
-        if "system" in item:
-            ptr = f"/findings/{i}"
-            f = _resolve_coding(k, item, ptr, errors)
-            if f is None:
-                continue
-            codings_read.append({"pointer": ptr, "system": item["system"], "code": item["code"],
-                                 "finding": f["code"], "display": vocabulary[f["code"]].display})
-        else:
-            f = item
-        code = f["code"]
-        if code in where:  # e.g. a SNOMED CT coding and the local code of one finding
-            errors.append(FieldError(f"/findings/{i}/code", "duplicate",
-                                     f"This names finding {code!r}, already given at index {where[code]}."))
+        ptr = f"/findings/{i}"
+        f = _resolve_coding(k, item, ptr, errors)
+        if f is None:
             continue
-        where[code] = i
-        present = f["present"]
-        if present is None:
+        if "system" in item:
+            codings_read.append({"pointer": ptr, "system": item["system"], "code": item["code"],
+                                 "finding": f["code"], "display": k.findings[f["code"]].display})
+        if f["code"] in where:  # e.g. a SNOMED CT coding and the local code of one finding
+            errors.append(FieldError(f"{ptr}/code", "duplicate",
+                                     f"This names finding {f['code']!r}, already given at index {where[f['code']]}."))
+            continue
+        where[f["code"]] = i
+        if f["present"] is None:
             # Asked, answer unknown: no fact for the rules, only a question ask_next need not repeat.
             if f.get("value") is not None:
-                errors.append(FieldError(f"/findings/{i}/value", "unexpected-value",
-                                         f"{code} is sent as unknown (present: null): give no value."))
-            elif code in vocabulary:
-                unknown.add(code)
+                errors.append(FieldError(f"{ptr}/value", "unexpected-value",
+                                         f"{f['code']} is sent as unknown (present: null): give no value."))
+            elif f["code"] in k.findings:
+                unknown.add(f["code"])
             else:
-                _check_finding(k, f, f"/findings/{i}", errors)  # the unknown-code error, with suggestions
+                _check_finding(k, f, ptr, errors)  # the unknown-code error, with suggestions
             continue
-        finding = vocabulary.get(code)
-        if finding is not None and finding.type == "boolean" and f.get("value") is None:
-            # The commonest item, a yes/no finding reported or denied: what _check_finding
-            # gives it, without building its pointer and messages for errors it cannot have.
-            out: dict[str, Any] = {"present": present}
-            if "laterality" in f:
-                out["laterality"] = f["laterality"]
-            findings[code] = out
-            continue
-        checked = _check_finding(k, f, f"/findings/{i}", errors)
+        checked = _check_finding(k, f, ptr, errors)
         if checked is not None:
-            findings[code] = checked
+            findings[f["code"]] = checked
     if errors:
         unknown = sum(1 for e in errors if e.reason == "unknown-code")
         detail = f"{len(errors)} finding(s) are not valid"

@@ -34,28 +34,7 @@ class Encounter:
         out: list[Fact] = []
         if self.age is not None or self.sex is not None:
             out.append(Fact("patient", "patient", value=self.age, choice=self.sex))
-        findings = self.findings
-        shared = _SHARED_FACTS
-        for code in sorted(findings):
-            f = findings[code]
-            present, value, choice = f["present"], f.get("value"), f.get("choice")
-            if value is None and (present is True or present is False):
-                key = (code, present, choice)
-                fact = shared.get(key)
-                if fact is None:
-                    fact = Fact("finding", code, present, None, choice)
-                    if len(shared) < _SHARED_FACTS_MAX:
-                        shared[key] = fact
-            else:
-                fact = Fact("finding", code, present, value, choice)
-            out.append(fact)
+        for code in sorted(self.findings):
+            f = self.findings[code]
+            out.append(Fact("finding", code, f["present"], f.get("value"), f.get("choice")))
         return out
-
-
-# A Fact is immutable, and a finding without a value (yes/no, or a choice) has only so many:
-# two per yes/no code, one per choice. Made once and shared by every encounter instead of
-# built again for each (a frozen dataclass costs ~0.6 us to make; a typical request has 20).
-# Measurements (a value) are made fresh. Capped, so that codes outside the vocabulary, which
-# validation keeps from here anyway, could not grow it without bound.
-_SHARED_FACTS: dict[tuple[str, bool, str | None], Fact] = {}
-_SHARED_FACTS_MAX = 20_000
