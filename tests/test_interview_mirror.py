@@ -155,7 +155,7 @@ def _ask(code: str, aim: str = "urgency") -> dict[str, Any]:
 
 # Invented groups and lists, for what the cases do not hold. The groups' items are in the page's
 # shape (groups_for_page) and as QuestionGroups for next_asks, from one spec.
-EDGE_GROUPS = {"screen": ("a", "b", "c"), "pair": ("d", "e")}
+EDGE_GROUPS = {"screen": ("a", "b", "c"), "pair": ("d", "e"), "f": ("g", "h")}
 AGE = {"patient": "age", "display": "Age", "question": "How old?"}
 EDGES: list[tuple[str, list[dict[str, Any]], list[str], int]] = [
     ("empty list", [], [], SHOWN_AT_ONCE),
@@ -175,6 +175,9 @@ EDGES: list[tuple[str, list[dict[str, Any]], list[str], int]] = [
     ("limit 0", [_ask("x"), _ask("a"), _ask("y")], [], 0),
     ("every item answered but listed", [_ask("a"), _ask("b"), _ask("x", "differential")], ["a", "b", "c"], 3),
     ("a finding listed twice", [_ask("x"), _ask("x"), _ask("y")], [], SHOWN_AT_ONCE),
+    # Group ids and finding codes are both lower-case codes (none of the rule set's are equal
+    # today): a group "f" does not hide the ungrouped finding "f".
+    ("a group whose id is a finding's code", [_ask("g"), _ask("f"), _ask("x")], [], SHOWN_AT_ONCE),
 ]
 
 
@@ -191,6 +194,7 @@ def test_the_page_and_next_asks_agree_on_edge_cases(page):
     assert by_name["empty list"] == [] and by_name["patient items only"] == []
     assert by_name["group partly answered"][0]["codes"] == ["b", "c"]
     assert [a["group"] or a["codes"][0] for a in by_name["two groups and singles"]] == ["x", "pair", "screen"]
+    assert [a["group"] or a["codes"][0] for a in by_name["a group whose id is a finding's code"]] == ["f", "f", "x"]
 
 
 def test_the_groups_the_page_reads_are_the_rule_sets(page, app):

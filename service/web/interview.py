@@ -71,13 +71,15 @@ def next_asks(asks: list[dict[str, Any]], groups: Mapping[str, QuestionGroup], a
     group brings up its whole group (every item not answered yet, in the group's order) where its
     best-ranked item stands. The ranking is ask_next's; grouping only asks the items together."""
     out: list[Ask] = []
-    seen: set[str] = set()
+    # A group's id and a finding's code are both codes and may be equal: kept apart, as the page
+    # keeps them ("group:" + id), so that a group never hides a finding of the same name.
+    seen: set[tuple[str, str]] = set()
     for q in asks:
         code = q.get("finding")
         if code is None or code in answered:
             continue
         group = groups.get(code)
-        key = group.id if group else code
+        key = ("group", group.id) if group else ("finding", code)
         if key in seen:
             continue
         seen.add(key)
