@@ -121,7 +121,8 @@ def test_a_bad_presentations_file_stops_the_load(tmp_path: Path):
     ("presentations: []\npresentations: []\n", "presentations.yaml: not valid YAML: "),
     ("question_groups: []\n", "presentations.yaml: expected a mapping with a 'presentations' list"),
     ("presentations: []\nquestion_groups: {}\n", "presentations.yaml: question_groups must be a list"),
-], ids=["broken YAML", "a key twice", "no presentations list", "groups not a list"])
+    ("presentations:\n  - {finding: back_pain, 1: one, two: 2}\n", "presentations.yaml: malformed content (TypeError)"),
+], ids=["broken YAML", "a key twice", "no presentations list", "groups not a list", "keys of two types"])
 def test_a_damaged_presentations_file_stops_the_start(tmp_path: Path, text: str, message: str):
     """Fail closed: the service does not start on a presentations.yaml it cannot read."""
     from service import create_app

@@ -225,8 +225,12 @@ def _load_presentations(rules_dir: Path, findings: dict[str, Finding], sources: 
         return (), ()
     if doc is None:
         return (), ()
-    presentations, problems = check_presentations(doc, findings, sources)
-    groups, group_problems = check_question_groups(doc, findings, sources)
+    try:
+        presentations, problems = check_presentations(doc, findings, sources)
+        groups, group_problems = check_question_groups(doc, findings, sources)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:  # as _guarded: a type no check foresaw
+        col.add(f"malformed content ({exc.__class__.__name__}): check the types against rules/README.md")
+        return (), ()
     for message in problems + group_problems:
         col.add(message)
     return presentations, groups
