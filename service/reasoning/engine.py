@@ -713,22 +713,6 @@ def _matched_facts(message: Any, known: dict[str, MatchedFact]) -> list[MatchedF
     evaluation equal facts are the same object and `is` tells them apart, without the
     dataclass's Python-level __eq__."""
     found: list[MatchedFact] = []
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict) and "t" in node:
-            if node["t"] in _TAG_KIND:
-                fid = node.get("id", "")
-                m = known.get(fid)
-                if m is None:
-                    m = known[fid] = _matched_of(node)
-                found.append(m)
-        elif isinstance(node, dict):
-            for v in node.values():
-                visit(v)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
     # Measured: the engine's messages are flat (pattern name -> fact, also for `$all` and
     # `$any` groups), so the first level is read here without a call per node.
     if isinstance(message, dict):
@@ -741,12 +725,31 @@ def _matched_facts(message: Any, known: dict[str, MatchedFact]) -> list[MatchedF
                         m = known[fid] = _matched_of(node)
                     found.append(m)
             else:
-                visit(node)
+                _visit(node, known, found)
     else:
-        visit(message)
+        _visit(message, known, found)
     out: list[MatchedFact] = []
     _add_new(out, found)
     return out
+
+
+def _visit(node: Any, known: dict[str, MatchedFact], found: list[MatchedFact]) -> None:
+    # A module function, not a closure inside _matched_facts: a nested function that calls
+    # itself is a reference cycle, left for the garbage collector after every firing (measured:
+    # 36 cyclic objects per evaluation, a gen-0 collection every ~25 evaluations).
+    if isinstance(node, dict) and "t" in node:
+        if node["t"] in _TAG_KIND:
+            fid = node.get("id", "")
+            m = known.get(fid)
+            if m is None:
+                m = known[fid] = _matched_of(node)
+            found.append(m)
+    elif isinstance(node, dict):
+        for v in node.values():
+            _visit(v, known, found)
+    elif isinstance(node, list):
+        for v in node:
+            _visit(v, known, found)
 
 
 def _add_new(out: list[MatchedFact], items: Iterable[MatchedFact]) -> None:
