@@ -43,7 +43,11 @@ H15 a `$or` of choices inside an `$any` alternative never matches: `_alternative
     muscle.strain.grade2 read `thigh_bruising in [mild, moderate]` and stopped firing).
 
 Only findings that some positive rule leaf can match are asserted (`Engine.relevant`); the
-others could only reach the sink rule. Each fact's JSON is written once (`fact_json`).
+others could only reach the sink rule. Each fact's JSON is written once (`fact_json`), and each
+Engine remembers per input fact its JSON and relevance. Findings are spread over 16 type tags
+(`finding_tag`), so that no node of the C engine's alpha network has hundreds of children to
+probe (see FINDING_BUCKETS). Nothing per evaluation forms a reference cycle (no garbage for the
+collector to find inside a request; tests/test_engine_lean.py).
 
 Chaining runs in rounds driven from here: the rules' actions record what they derive; the
 adapter then asserts the new derived facts as the next batch, until nothing new is derived.
