@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
+from service.config import DEFAULT_RULES_DIR
 from service.errors import RuleLoadError
 from service.intake.parse import parse_encounter
+from service.knowledge.loader import load_knowledge
 from service.knowledge.presentations import load_presentations
 from service.web.interview import PAIN_SITES, complaints, opening_codes
 
@@ -67,26 +70,75 @@ def test_a_question_that_could_lower_the_tier_is_asked(evaluator):
     assert "takes_oedema_causing_medicine" in [q["finding"] for q in lowering]
 
 
-def test_a_bad_presentations_file_is_refused(knowledge, tmp_path: Path):
-    (tmp_path / "presentations.yaml").write_text(
+def _rules_with(tmp_path: Path, presentations: str | None) -> Path:
+    """A copy of the real rule set whose presentations.yaml is `presentations` (None: no file)."""
+    target = tmp_path / "rules"
+    shutil.copytree(DEFAULT_RULES_DIR, target)
+    if presentations is None:
+        (target / "presentations.yaml").unlink()
+    else:
+        (target / "presentations.yaml").write_text(presentations, encoding="utf-8")
+    return target
+
+
+def test_the_file_is_read_once_into_the_knowledge(tmp_path: Path):
+    """ask_next, the page and GET /v1/question_groups read the presentations and the groups the
+    loader checked (Knowledge), never presentations.yaml again: with the file gone after the load,
+    each still has them."""
+    from service.knowledge.catalogue import catalogue_items
+    from service.reasoning.evaluation import Evaluator
+    from service.web.interview import complaints, groups_by_item
+    from service.web.ui import groups_for_page
+
+    rules = _rules_with(tmp_path, (DEFAULT_RULES_DIR / "presentations.yaml").read_text(encoding="utf-8"))
+    k = load_knowledge(rules)
+    (rules / "presentations.yaml").unlink()
+    assert load_presentations(k) is k.presentations and len(k.presentations) >= 15
+    back = next(p for p in k.presentations if p.finding == "back_pain")
+    asks = _ask(Evaluator(k), [{"code": "back_pain"}])
+    assert [q["finding"] for q in asks[:4]] == list(back.red_flags[:4])
+    assert complaints(k) and groups_by_item(k)["urinary_retention"].id == "cauda_equina"
+    assert [g["id"] for g in groups_for_page(k)] == [g.id for g in k.question_groups]
+    assert [g["id"] for g in catalogue_items(k)["question_groups"]] == [g.id for g in k.question_groups]
+
+
+def test_a_bad_presentations_file_stops_the_load(tmp_path: Path):
+    rules = _rules_with(tmp_path, (
         "presentations:\n"
         "  - finding: no_such_finding\n    red_flags: [fever]\n    sources: [nice-ng158]\n"
-        "  - finding: back_pain\n    red_flags: [urinary_retention, not_a_code]\n    sources: []\n",
-        encoding="utf-8")
+        "  - finding: back_pain\n    red_flags: [urinary_retention, not_a_code]\n    sources: []\n"))
     with pytest.raises(RuleLoadError) as exc:
-        load_presentations(knowledge, tmp_path)
-    text = str(exc.value)
-    assert "no_such_finding" in text and "not_a_code" in text and "sources" in text
+        load_knowledge(rules)
+    assert [str(p) for p in exc.value.problems] == [
+        "presentations.yaml: presentations[0]: 'no_such_finding' is not a yes/no finding of the vocabulary",
+        "presentations.yaml: presentations[1] (back_pain): 'not_a_code' is not a finding of the vocabulary",
+        "presentations.yaml: presentations[1] (back_pain): give the sources of its red-flag screen",
+    ]
 
 
-def test_a_rule_set_without_the_file_has_no_priors(knowledge, tmp_path: Path):
-    assert load_presentations(knowledge, tmp_path) == ()
+@pytest.mark.parametrize(("text", "message"), [
+    ("presentations: [\n", "presentations.yaml: not valid YAML: "),
+    ("presentations: []\npresentations: []\n", "presentations.yaml: not valid YAML: "),
+    ("question_groups: []\n", "presentations.yaml: expected a mapping with a 'presentations' list"),
+    ("presentations: []\nquestion_groups: {}\n", "presentations.yaml: question_groups must be a list"),
+    ("presentations:\n  - {finding: back_pain, 1: one, two: 2}\n", "presentations.yaml: malformed content (TypeError)"),
+], ids=["broken YAML", "a key twice", "no presentations list", "groups not a list", "keys of two types"])
+def test_a_damaged_presentations_file_stops_the_start(tmp_path: Path, text: str, message: str):
+    """Fail closed: the service does not start on a presentations.yaml it cannot read."""
+    from service import create_app
+
+    with pytest.raises(RuleLoadError) as exc:
+        create_app({"TESTING": True, "RULES_DIR": str(_rules_with(tmp_path, text))})
+    assert [str(p)[:len(message)] for p in exc.value.problems] == [message]
+
+
+def test_a_rule_set_without_the_file_has_no_priors(tmp_path: Path):
+    k = load_knowledge(_rules_with(tmp_path, None))
+    assert k.presentations == () and k.question_groups == ()
 
 
 def test_question_groups_are_checked_findings_each_in_one_group(knowledge):
-    from service.knowledge.question_groups import load_question_groups
-
-    groups = load_question_groups(knowledge)
+    groups = knowledge.question_groups
     assert {"cauda_equina", "both_legs_nerves", "acute_limb_ischaemia", "clot_risk", "very_unwell"} <= {
         g.id for g in groups}
     items = [c for g in groups for c in g.items]
@@ -102,16 +154,18 @@ def test_question_groups_are_checked_findings_each_in_one_group(knowledge):
 
 
 def test_a_bad_question_group_stops_the_rule_set(knowledge, tmp_path):
-    from service.knowledge.question_groups import load_question_groups
-
     src = Path(knowledge.rules_dir) / "presentations.yaml"
     bad = src.read_text(encoding="utf-8") + (
         "  - id: twice\n    label: Again?\n    items: [urinary_retention, no_such_code]\n    sources: [nowhere]\n")
-    (tmp_path / "presentations.yaml").write_text(bad, encoding="utf-8")
     with pytest.raises(RuleLoadError) as err:
-        load_question_groups(knowledge, tmp_path)
-    text = str(err.value)
-    assert "already in group cauda_equina" in text and "no_such_code" in text and "nowhere" in text
+        load_knowledge(_rules_with(tmp_path, bad))
+    n = len(knowledge.question_groups)  # the group appended is the file's last
+    assert [str(p) for p in err.value.problems] == [
+        f"presentations.yaml: question_groups[{n}] (twice): urinary_retention is already in group cauda_equina",
+        f"presentations.yaml: question_groups[{n}] (twice): 'no_such_code' is not a current yes/no finding of the "
+        "vocabulary",
+        f"presentations.yaml: question_groups[{n}] (twice): source 'nowhere' is not in sources.yaml",
+    ]
 
 
 def test_the_page_asks_a_group_where_its_best_item_stands(evaluator, knowledge):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from service.knowledge.model import Group, Knowledge, Leaf, Rule
-from service.knowledge.question_groups import load_question_groups
 
 
 def _codes(codes: Any) -> list[dict[str, Any]]:
@@ -110,6 +109,6 @@ def catalogue_items(k: Knowledge) -> dict[str, list[dict[str, Any]]]:
         # the whole group.
         "question_groups": [
             {"id": g.id, "label": g.label, "items": list(g.items), "sources": list(g.sources)}
-            for g in load_question_groups(k)
+            for g in k.question_groups
         ],
     }

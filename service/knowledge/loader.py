@@ -33,6 +33,8 @@ from service.knowledge.model import (
     Knowledge,
     Leaf,
     NotIndicated,
+    Presentation,
+    QuestionGroup,
     RedFlag,
     Rule,
     Score,
@@ -43,6 +45,9 @@ from service.knowledge.model import (
     Weighted,
     When,
 )
+from service.knowledge.presentations import FILE as PRESENTATIONS_FILE
+from service.knowledge.presentations import check_presentations
+from service.knowledge.question_groups import check_question_groups
 
 # Full-matched (re.fullmatch): "$" alone also accepts a trailing newline.
 CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -122,6 +127,9 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
     tests = _guarded(col.at("tests.yaml"), {}, _load_tests, docs["tests.yaml"])
     red_flags = _guarded(col.at("red_flags.yaml"), {}, _load_red_flags, docs["red_flags.yaml"], sources)
     advice = _guarded(col.at("advice.yaml"), {}, _load_advice, docs["advice.yaml"], sources)
+    # The presentations are checked against the vocabulary and the sources: with either at
+    # fault they would only add problems that follow from it.
+    catalogues_ok = not any(p.file in ("sources.yaml", "vocabulary.yaml") for p in col.problems)
 
     ctx = _Catalogues(sources, findings, derived, scores, conditions, tests, red_flags, advice)
     rules: list[Rule] = []
@@ -173,6 +181,9 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
     if readiness is not None and (not isinstance(readiness, str) or readiness not in case_ids):
         col.add(f"readiness_case {readiness!r} is not a case id")
 
+    presentations, question_groups = (
+        _load_presentations(rules_dir, findings, sources, col.at(PRESENTATIONS_FILE)) if catalogues_ok else ((), ()))
+
     if col.problems:
         raise RuleLoadError(col.problems)
     return Knowledge(
@@ -193,7 +204,36 @@ def load_knowledge(rules_dir: str | Path) -> Knowledge:
         readiness_case=readiness or (case_ids[0] if case_ids else None),
         rules_dir=rules_dir,
         vocabulary_version=vocabulary_version,
+        presentations=presentations,
+        question_groups=question_groups,
     )
+
+
+def _load_presentations(rules_dir: Path, findings: dict[str, Finding], sources: dict[str, Source],
+                        col: _Collector) -> tuple[tuple[Presentation, ...], tuple[QuestionGroup, ...]]:
+    """rules/presentations.yaml (optional): the presentations and the question groups, read once
+    here for every user (ask_next, the nurse page, GET /v1/question_groups) and checked by their
+    own modules. Empty without the file, or with a file holding no YAML content."""
+    path = rules_dir / PRESENTATIONS_FILE
+    if not path.exists():
+        return (), ()
+    try:
+        # Bandit B506: StrictLoader is a SafeLoader that also refuses a repeated key.
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # nosec B506
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        col.add(f"not valid YAML: {exc}")
+        return (), ()
+    if doc is None:
+        return (), ()
+    try:
+        presentations, problems = check_presentations(doc, findings, sources)
+        groups, group_problems = check_question_groups(doc, findings, sources)
+    except (TypeError, AttributeError, ValueError, KeyError) as exc:  # as _guarded: a type no check foresaw
+        col.add(f"malformed content ({exc.__class__.__name__}): check the types against rules/README.md")
+        return (), ()
+    for message in problems + group_problems:
+        col.add(message)
+    return presentations, groups
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -225,6 +225,30 @@ class Case:
 
 
 @dataclass(frozen=True)
+class Presentation:
+    """A complaint a patient volunteers (rules/presentations.yaml, checked by
+    service/knowledge/presentations.py): what ask_next asks first when it is held."""
+
+    finding: str
+    label: str
+    red_flags: tuple[str, ...]
+    differential: tuple[str, ...]
+    sources: tuple[str, ...]
+    opening: bool = True  # offered in the opening's list (the pain sites have a list of their own)
+
+
+@dataclass(frozen=True)
+class QuestionGroup:
+    """Red flags triage asks as one question (rules/presentations.yaml `question_groups`, checked
+    by service/knowledge/question_groups.py)."""
+
+    id: str
+    label: str
+    items: tuple[str, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Knowledge:
     name: str
     version: str
@@ -247,6 +271,10 @@ class Knowledge:
     # The vocabulary's own version (`version:` at the top of vocabulary.yaml): finding codes
     # and their meaning change on their own schedule, apart from the rules.
     vocabulary_version: str = ""
+    # rules/presentations.yaml, read and checked once by the loader (empty without the file): the
+    # interview's opening complaints, which ask_next asks first, and the page's question groups.
+    presentations: tuple[Presentation, ...] = ()
+    question_groups: tuple[QuestionGroup, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.rules_by_id:

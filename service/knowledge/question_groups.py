@@ -7,37 +7,37 @@ together. A group names such a cluster: a label the nurse reads aloud, its items
 of the vocabulary, each in one group at most) and its sources. Groups change nothing in what
 ask_next ranks or what the rules read: the nurse page (service/web/interview.py) asks the items of
 the group its top question belongs to as one question, one checkbox each.
+
+Read once with the presentations, by the loader (service/knowledge/loader.py), and kept in
+`Knowledge.question_groups`: the page, the interview replay and GET /v1/question_groups read them
+from there.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 
-from service.errors import LoadProblem, RuleLoadError
-from service.knowledge.model import Knowledge
-from service.knowledge.presentations import FILE, read_document
+from service.knowledge.model import Finding, Knowledge, QuestionGroup, Source
+
+__all__ = ["ID", "QuestionGroup", "check_question_groups", "load_question_groups"]
 
 ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-@dataclass(frozen=True)
-class QuestionGroup:
-    id: str
-    label: str
-    items: tuple[str, ...]
-    sources: tuple[str, ...]
+def load_question_groups(k: Knowledge) -> tuple[QuestionGroup, ...]:
+    """The rule set's question groups, as the loader read and checked them; () without them."""
+    return k.question_groups
 
 
-def load_question_groups(k: Knowledge, rules_dir: Path | None = None) -> tuple[QuestionGroup, ...]:
-    """The rule set's question groups, checked against its vocabulary and sources; () without them."""
-    doc = read_document(k, rules_dir)
-    if doc is None:
-        return ()
+def check_question_groups(doc: object, findings: Mapping[str, Finding], sources: Mapping[str, Source],
+                          ) -> tuple[tuple[QuestionGroup, ...], list[str]]:
+    """presentations.yaml's `question_groups` (`doc` parsed, not None), checked against the
+    vocabulary and sources: the groups and the problems found (messages about presentations.yaml;
+    none: valid)."""
     items = doc.get("question_groups", []) if isinstance(doc, dict) else []
     if not isinstance(items, list):
-        raise RuleLoadError([LoadProblem(FILE, None, "question_groups must be a list")])
+        return (), ["question_groups must be a list"]
     problems: list[str] = []
     out: list[QuestionGroup] = []
     owner: dict[str, str] = {}  # item -> the group that holds it
@@ -67,7 +67,7 @@ def load_question_groups(k: Knowledge, rules_dir: Path | None = None) -> tuple[Q
         if len(lists["items"]) < 2:
             problems.append(f"{where}: a group asks two items or more")
         for code in lists["items"]:
-            f = k.findings.get(code)
+            f = findings.get(code)
             if f is None or f.type != "boolean" or f.deprecated:
                 problems.append(f"{where}: {code!r} is not a current yes/no finding of the vocabulary")
             if code in owner:
@@ -76,9 +76,7 @@ def load_question_groups(k: Knowledge, rules_dir: Path | None = None) -> tuple[Q
         if not lists["sources"]:
             problems.append(f"{where}: give the sources that ask these together")
         for s in lists["sources"]:
-            if s not in k.sources:
+            if s not in sources:
                 problems.append(f"{where}: source {s!r} is not in sources.yaml")
         out.append(QuestionGroup(gid, " ".join(label.split()), lists["items"], lists["sources"]))
-    if problems:
-        raise RuleLoadError([LoadProblem(FILE, None, p) for p in problems])
-    return tuple(out)
+    return tuple(out), problems

@@ -6,8 +6,10 @@ and how ask_next's ranked questions become the page's questions: a finding of a 
 The opening's items are findings of the vocabulary (a nurse ticks what the patient says), so
 they reach the rules like any other answer; an item not ticked is simply not sent (not denied).
 A ticked presentation also gives ask_next its red-flag screen and differential to ask first
-(service/knowledge/presentations.py). Shared by the page (service/web/ui.py) and the interview replay
-(bench/interview_replay.py), so that the replay measures what the page does.
+(service/knowledge/presentations.py; read once, at load, into `Knowledge.presentations`). Shared
+by the page (service/web/ui.py) and the interview replay (bench/interview_replay.py), so that the
+replay measures what the page does; static/interview.js `nextAsks` mirrors `next_asks`, and
+tests/test_interview_mirror.py runs both on the same inputs.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.knowledge.model import Finding, Knowledge
-from service.knowledge.presentations import load_presentations
-from service.knowledge.question_groups import QuestionGroup, load_question_groups
+from service.knowledge.model import Finding, Knowledge, QuestionGroup
 
 # Head to foot, as a patient points. Only codes the rule set holds are shown.
 PAIN_SITES = (
@@ -38,7 +38,7 @@ def pain_sites(k: Knowledge) -> list[Finding]:
 def complaints(k: Knowledge) -> list[tuple[Finding, str]]:
     """The opening's complaints: (finding, the label the page shows), in the file's order.
     A pain site is offered once, in the sites list."""
-    return [(k.findings[p.finding], p.label) for p in load_presentations(k)
+    return [(k.findings[p.finding], p.label) for p in k.presentations
             if p.opening and p.finding not in PAIN_SITES]
 
 
@@ -62,7 +62,7 @@ class Ask:
 
 def groups_by_item(k: Knowledge) -> dict[str, QuestionGroup]:
     """Every grouped finding -> its group (a finding is in one group at most)."""
-    return {code: g for g in load_question_groups(k) for code in g.items}
+    return {code: g for g in k.question_groups for code in g.items}
 
 
 def next_asks(asks: list[dict[str, Any]], groups: Mapping[str, QuestionGroup], answered: Collection[str],
@@ -71,13 +71,15 @@ def next_asks(asks: list[dict[str, Any]], groups: Mapping[str, QuestionGroup], a
     group brings up its whole group (every item not answered yet, in the group's order) where its
     best-ranked item stands. The ranking is ask_next's; grouping only asks the items together."""
     out: list[Ask] = []
-    seen: set[str] = set()
+    # A group's id and a finding's code are both codes and may be equal: kept apart, as the page
+    # keeps them ("group:" + id), so that a group never hides a finding of the same name.
+    seen: set[tuple[str, str]] = set()
     for q in asks:
         code = q.get("finding")
         if code is None or code in answered:
             continue
         group = groups.get(code)
-        key = group.id if group else code
+        key = ("group", group.id) if group else ("finding", code)
         if key in seen:
             continue
         seen.add(key)

@@ -13,7 +13,6 @@ from flask import Blueprint, Response, current_app, render_template
 from flask.blueprints import BlueprintSetupState
 
 from service.knowledge.model import Finding, Knowledge
-from service.knowledge.question_groups import load_question_groups
 from service.web.interview import complaints, pain_sites
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
@@ -50,14 +49,14 @@ def groups_for_page(k: Knowledge) -> list[dict[str, Any]]:
     return [{"id": g.id, "label": g.label,
              "items": [{"code": c, "display": k.findings[c].display, "question": k.findings[c].question}
                        for c in g.items]}
-            for g in load_question_groups(k)]
+            for g in k.question_groups]
 
 
 @bp.record_once
 def _load_page(state: BlueprintSetupState) -> None:
-    # Everything the page shows comes from the rule set, so it is read (and checked) once, when
-    # the service starts: a bad group stops it like a bad rule, and a page request does not
-    # re-read presentations.yaml.
+    # Everything the page shows comes from the loaded rule set (presentations.yaml was read and
+    # checked by the loader: a bad group stops the start like a bad rule); it is built once here,
+    # when the service starts, not per page request.
     app = state.app
     k = app.extensions["evaluator"].knowledge
     app.extensions["question_groups"] = groups_for_page(k)

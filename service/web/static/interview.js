@@ -187,17 +187,20 @@ function showAnswered() {
   }
 }
 
-// ask_next's ranked findings as the page's questions (service/web/interview.py next_asks): a
-// grouped finding brings up its group where its best-ranked item stands. A group already shown
-// stays as it is (its items ticked so far included) until it is answered.
-function nextAsks(findings, n) {
+// ask_next's ranked list as the page's next `n` questions (the mirror of service/web/interview.py
+// next_asks; tests/test_interview_mirror.py runs both on the same inputs): what is not a finding
+// or is answered is skipped, and a grouped finding brings up its group where its best-ranked item
+// stands. A group already shown stays as it is (its items ticked so far included) until it is
+// answered: the one difference, page state that next_asks has no counterpart of.
+function nextAsks(asks, n) {
   const out = [];
   const seen = new Set();
   // Answered: in the answers, or ticked in the opening (a group never asks those again).
   const ticked = document.querySelectorAll("#iv-opening input[data-code]:checked");
   const opened = new Set([...ticked].map((b) => b.dataset.code));
   const answered = (c) => iv.answers.has(c) || opened.has(c);
-  for (const q of findings) {
+  for (const q of asks) {
+    if (!q.finding || answered(q.finding)) continue;
     const group = iv.groups.get(q.finding);
     const key = group ? "group:" + group.id : q.finding;
     if (seen.has(key)) continue;
@@ -220,7 +223,7 @@ function boxOf(ask) {
 function showQuestions(asks) {
   const holder = document.getElementById("iv-questions");
   const findings = asks.filter((q) => q.finding && !iv.answers.has(q.finding));
-  const next = nextAsks(findings, SHOWN_AT_ONCE);
+  const next = nextAsks(asks, SHOWN_AT_ONCE);
   for (const a of next) if (!a.group) iv.questions.set(a.first.finding, a.first);
   iv.pending = next.map((a) => a.key);
   iv.pendingCodes = new Set(next.flatMap((a) => a.codes));
