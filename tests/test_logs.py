@@ -219,3 +219,15 @@ def test_the_request_line_has_the_route_template_and_a_closed_method(client, cap
     req = [x for x in lines(captured) if x.get("event") == "request"]
     assert [(x["method"], x["route"]) for x in req] == [("OTHER", "<unmatched>"), ("GET", "/v1/rules/<rule_id>")]
     assert "ZZSECRET" not in captured.getvalue()
+
+
+def test_requests_sharing_an_app_context_each_get_their_own_route_and_method(app, client, captured):
+    """While an app context stays pushed, requests share its `g`: what is worked out once a
+    request (route template and method) must not carry over to the next request."""
+    with app.app_context():
+        client.get("/healthz/live")
+        client.get("/v1/rules/ZZ-NO-SUCH-RULE")
+        client.open("/healthz/live", method="ZZSECRETMETHOD")
+    req = [x for x in lines(captured) if x.get("event") == "request"]
+    assert [(x["method"], x["route"]) for x in req] == [
+        ("GET", "/healthz/live"), ("GET", "/v1/rules/<rule_id>"), ("OTHER", "<unmatched>")]

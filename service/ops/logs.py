@@ -177,27 +177,28 @@ _TEMPLATES: dict[str, str] = {}  # route rule -> template: the regex once per ro
 
 
 def current_route() -> str:
-    return request_labels(g._get_current_object(), request._get_current_object())[0]
+    return request_labels(request._get_current_object())[0]
 
 
 def current_method() -> str:
-    return request_labels(g._get_current_object(), request._get_current_object())[1]
+    return request_labels(request._get_current_object())[1]
 
 
 def request_started() -> float:
     return g.get("cds_started") or time.perf_counter()
 
 
-def request_labels(state: Any, req: Any) -> tuple[str, str]:
-    """(route template, method) of the request: computed once, for the request line and the
-    request metrics both. `state` and `req` are the request's own `g` and request object, not
-    the LocalProxies: the hooks below run on every response, and each proxy lookup costs."""
-    labels = state.__dict__.get("cds_labels")
+def request_labels(req: Any) -> tuple[str, str]:
+    """(route template, method) of the request: worked out once, for the request line and the
+    request metrics both. `req` is the request object itself, not the `request` proxy (the
+    hooks run on every response, and each proxy look-up costs), and the pair is kept on it
+    rather than on `g`, which requests share while an app context stays pushed."""
+    labels = req.__dict__.get("cds_labels")
     if labels is None:
         rule = req.url_rule
         method = req.method
-        labels = state.cds_labels = (route_template(rule.rule if rule is not None else None),
-                                     method if method in METHODS else "OTHER")
+        labels = req.cds_labels = (route_template(rule.rule if rule is not None else None),
+                                   method if method in METHODS else "OTHER")
     return labels
 
 
@@ -225,7 +226,7 @@ def init_app(app: Flask) -> None:
         rid = attrs.get("request_id") or request_id_from(None)
         response.headers[REQUEST_ID_HEADER] = rid
         if request_log.isEnabledFor(logging.INFO):
-            route, method = request_labels(state, request._get_current_object())
+            route, method = request_labels(request._get_current_object())
             started = attrs.get("cds_started") or time.perf_counter()
             evaluator = extensions.get("evaluator")
             fields: dict[str, Any] = {
