@@ -70,6 +70,9 @@ if TYPE_CHECKING:
 # and three slots dropped saddle sensation. Three differential slots, as before.
 URGENCY_SLOTS = 4
 DIFFERENTIAL_SLOTS = 3
+# Touched rules' readings kept per tier (see QuestionRanker.read_cache): an entry is about 0.3
+# kB, so at most about 15 MB per tier; a few thousand are met in practice.
+READ_CACHE = 50_000
 PATIENT_QUESTIONS = {
     "age": ("Age", "How old is the patient, in years?", "number", "a"),
     "sex": ("Sex", "What is the patient's sex?", "choice", None),
@@ -199,6 +202,21 @@ class QuestionRanker:
             self.ranked[tier] = (sorted((c for c in codes if cr[c][0] > 0), key=lambda c: (-cr[c][0], c)),
                                  sorted((c for c in codes if not cr[c][0] > 0 and cr[c][1] > 0),
                                         key=lambda c: (-cr[c][1], c)))
+        # An old bundled code the request leaves as in the static tables (its credit and its
+        # first atom's not recomputed, that atom not answered) moves onto the atom as it does
+        # when nothing is known: per tier, code -> (atom, its credit, reasons and reach) after
+        # aliases.ask_atoms, read at load. Only when no two umbrellas share an atom and no atom
+        # is itself an umbrella (then each moves alone, whatever the others do).
+        every_atom = [a for _, atoms in self.umbrellas for a in atoms]
+        disjoint = len(every_atom) == len(set(every_atom)) and not set(every_atom) & self.umbrella_codes
+        self.moved: dict[str, dict[str, tuple[str, Impact, list[str], int]]] = {t: {} for t in TIER_RANK}
+        for tier, table in self.static.tiers.items():
+            for pair in self.umbrellas if disjoint else ():
+                code, atoms = pair
+                if code in table.credit and atoms:
+                    cr, rs, rh = dict(table.credit), dict(table.reasons), dict(table.reach)
+                    aliases.ask_atoms((pair,), cr, rs, rh, set())
+                    self.moved[tier][code] = (atoms[0], cr[atoms[0]], rs[atoms[0]], rh[atoms[0]])
         # A rule touched by one finding alone (sent present or denied, or answered "unknown"),
         # and by nothing else, reads the same in every such request: read at load, per tier,
         # keyed (rule index, finding, present: True / False / None for "unknown"). A present
@@ -238,6 +256,22 @@ class QuestionRanker:
                         read = self._read_row(i, rows[i], t1, f1, pending0, {}, set(), tier, {})
                         same = _as_static(read, self.static.tiers[tier].read_of.get(i))
                         self.by_age[tier][i, held] = (read, None if read is None else read[:4], same)
+
+        # Any other touched rule reads only its own leaves' T and F bits, what its fact leaves
+        # are pending on, and for a score item, the score and which of its threshold rules fired
+        # (and the tier): what reading it gave is kept, per tier, keyed by those, so that the
+        # next request holding the same of it reads it from here (a rule touched by several
+        # padded findings, by the sex, by a derived fact). Filled as met, up to READ_CACHE
+        # entries per tier (by any thread: a dict's get and set are atomic, and two threads
+        # filling one entry write the same value).
+        self.cache_of: dict[int, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}
+        for p in self.plans:
+            sid = p.score[0] if p.score else None
+            self.cache_of[p.pos] = (tuple(sorted({n for n in p.bits.fact if n})), sid,
+                                    tuple(r.id for r, _ in self.thresholds.get(sid, ())) if sid else ())
+        self.read_cache: dict[str, dict[tuple[Any, ...], _Single]] = {t: {} for t in TIER_RANK}
+        # The same for the derivers' readings in _pending (what they need, or None).
+        self.deriver_cache: dict[tuple[Any, ...], frozenset[str] | None] = {}
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
@@ -294,6 +328,7 @@ class QuestionRanker:
         # The touched candidates in rule order: one touched by a single finding alone from the
         # table read at load, the others read here.
         single, by_age, age_bits = self.single[tier], self.by_age[tier], self.age_bits
+        cache_of, cache = self.cache_of, self.read_cache[tier]
         for i in sorted(touched & self.candidate_pos[tier]):
             if i in fired:
                 read = None
@@ -307,6 +342,21 @@ class QuestionRanker:
                     elif code is not None and i not in aged:
                         fact = known.get(code)
                         hit = single.get((i, code, None if fact is None else fact.present))
+                if hit is None:
+                    rb = rows[i][0]
+                    off, mask = rb.off, rb.mask
+                    names, sid, thresholds = cache_of[i]
+                    key: tuple[Any, ...] = (i, (t >> off) & mask, (f >> off) & mask)
+                    if names:
+                        key += tuple([pending.get(n) for n in names])
+                    if sid is not None:
+                        key += (scores.get(sid), *[r in fired_ids for r in thresholds])
+                    hit = cache.get(key)
+                    if hit is None:
+                        read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+                        hit = (read, None if read is None else read[:4], _as_static(read, before.get(i)))
+                        if len(cache) < READ_CACHE:
+                            cache[key] = hit
                 if hit is None:
                     read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
                 else:
@@ -374,13 +424,26 @@ class QuestionRanker:
                 del credit[code], reasons[code], reach[code]
         # Old bundled codes are never asked: their credit goes to an atom (service/reasoning/aliases.py).
         dirty = set(affected)  # the findings whose credit may differ from the static tables'
-        for code, atoms in self.umbrellas:
+        moved = self.moved[tier]
+        unknown = enc.unknown
+        left = []  # the umbrellas not moved as at load
+        for pair in self.umbrellas:
+            code, atoms = pair
             if code in credit:
                 dirty.add(code)
                 dirty.update(atoms)
                 _settle([code, *atoms], fresh, reasons, reach)
-        if dirty.intersection(self.umbrella_codes):
-            aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
+                as_static = moved.get(code)
+                if as_static is not None:
+                    atom = as_static[0]
+                    if (code not in affected and atom not in affected and atom not in known
+                            and atom not in unknown):
+                        del credit[code], reasons[code], reach[code]
+                        _, credit[atom], reasons[atom], reach[atom] = as_static
+                        continue
+                left.append(pair)
+        if left:
+            aliases.ask_atoms(tuple(left), credit, reasons, reach, {*known, *unknown})  # never an old code
         findings = self.k.findings
         changed_findings = [c for c in dirty if c in credit and c in findings]
         limit = enc.ask_next_limit
@@ -496,14 +559,12 @@ class QuestionRanker:
                 assessed = plan.bits.assess(t, f, pending)
                 needed = untouched[pos] = assessed[0] if assessed else None
             elif pos in touched:  # type: ignore[operator]
-                assessed = plan.bits.assess(t, f, pending)
-                needed = assessed[0] if assessed else None
+                needed = self._needs(plan, t, f, pending)
             else:
                 needed = untouched[pos]
                 for name, was in seen[pos]:
                     if pending.get(name) != was:  # it reads a fact pending otherwise: read it
-                        assessed = plan.bits.assess(t, f, pending)
-                        needed = assessed[0] if assessed else None
+                        needed = self._needs(plan, t, f, pending)
                         break
             if not needed:
                 continue
@@ -513,6 +574,24 @@ class QuestionRanker:
                         f &= ~facts.get(name, 0)  # pending: its leaves are unknown, not failing
                     pending[name] = needed
         return pending, f
+
+    def _needs(self, plan: _Plan, t: int, f: int, pending: dict[str, frozenset[str]]) -> frozenset[str] | None:
+        """What a deriver needs as a near miss, or None: read from `deriver_cache` when a request
+        before held the same of it (its T and F bits, what its facts are pending on)."""
+        rb = plan.bits
+        off, mask = rb.off, rb.mask
+        key: tuple[Any, ...] = (plan.pos, (t >> off) & mask, (f >> off) & mask)
+        names = self.cache_of[plan.pos][0]
+        if names:
+            key += tuple([pending.get(n) for n in names])
+        cache = self.deriver_cache
+        hit = cache.get(key, _AGED)
+        if hit is _AGED:
+            assessed = rb.assess(t, f, pending)
+            hit = assessed[0] if assessed else None
+            if len(cache) < READ_CACHE:
+                cache[key] = hit
+        return hit  # type: ignore[no-any-return]
 
     def _alternatives(self, code: str, near: dict[int, tuple[Contribution, frozenset[str], int, int]]
                       ) -> list[Contribution]:
@@ -545,8 +624,9 @@ class QuestionRanker:
             if finding is None:
                 continue
             if finding.deprecated:
-                atoms = [a for a in finding.replaced_by if a not in known and a not in asked]
-                out.update(atoms[:1])
+                atom = aliases.first_open(finding.replaced_by, known, asked)
+                if atom is not None:
+                    out.add(atom)
             else:
                 out.add(c)
         return sorted(out), [r.id for r in holders]
