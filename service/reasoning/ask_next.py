@@ -513,9 +513,11 @@ class QuestionRanker:
         first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []),
                                         _tier_change(reach.get(key, 0), current))
                  for attr, key in PATIENT_KEYS.items() if attr in missing]
+        urgent_set = set(by_urgency)  # sets: with ask_next_limit, up to hundreds of questions
+        lowering_set = set(lowering)
         return first + [self._question(code, sum(credit[code]), reasons[code],
-                                       "urgency" if code in by_urgency else "differential",
-                                       _tier_change(reach.get(code, 0), current), code in lowering)
+                                       "urgency" if code in urgent_set else "differential",
+                                       _TIER_CHANGES[reach.get(code, 0), current], code in lowering_set)
                         for code in chosen]
 
     def _read_row(self, i: int, row: _Row, t: int, f: int, pending: dict[str, frozenset[str]], scores: Any,
@@ -677,15 +679,14 @@ class QuestionRanker:
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
         if lowers and aim != "urgency":
             lead = LOWERS_LEAD
-        q = dict(head)  # finding, display, question, type and unit, in that order
+        # finding, display, question, type and unit (the head), choices, aim, impact, the tier
+        # change, why, rules, in that order; one dict literal (with ask_next_limit an answer
+        # builds a hundred or more). New lists: the static tables' are shared by every request.
         if choices:
-            q["choices"] = list(choices)
-        q["aim"] = aim
-        q["impact"] = round(impact, 2)
-        q.update(change)
-        q["why"] = f"{lead}: {titles}"
-        q["rules"] = list(rules)  # the static tables' lists are shared by every request
-        return q
+            return {**head, "choices": list(choices), "aim": aim, "impact": round(impact, 2), **change,
+                    "why": f"{lead}: {titles}", "rules": list(rules)}
+        return {**head, "aim": aim, "impact": round(impact, 2), **change, "why": f"{lead}: {titles}",
+                "rules": list(rules)}
 
     def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str,
                   memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[float, float, int]:
