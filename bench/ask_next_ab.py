@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--rules", default=str(DEFAULT_RULES_DIR))
     ap.add_argument("--n", type=int, default=1000, help="encounters per size (x4 variants)")
     ap.add_argument("--repeat", type=int, default=2, help="timed passes over every encounter")
+    ap.add_argument("--groups", default="", help="comma-separated groups to time (default: all)")
     args = ap.parse_args()
     k = load_knowledge(Path(args.rules))
     evaluator = Evaluator(k)
@@ -131,6 +132,8 @@ def main() -> None:
     gc.disable()
     try:
         for name, rows in groups.items():
+            if args.groups and name not in args.groups.split(","):
+                continue
             to: list[int] = []
             tn: list[int] = []
             for rep in range(args.repeat):
@@ -140,8 +143,7 @@ def main() -> None:
                         t0 = clock()
                         ranker.rank(enc, facts, result, tier)
                         times.append(clock() - t0)
-                if rep % 1 == 0:
-                    gc.collect()
+                gc.collect()
             po, pn = statistics.median(to) / 1000, statistics.median(tn) / 1000
             qo = statistics.quantiles(to, n=10)[-1] / 1000
             qn = statistics.quantiles(tn, n=10)[-1] / 1000

@@ -90,6 +90,9 @@ _Reading = tuple[Contribution, frozenset[str], int, int, bool]
 # whether it reads as in the static tables.
 _AGED: Any = object()  # a rule no finding touches (in rank: touched by the age alone)
 _Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int] | None", bool]
+_Effect = tuple[int, "tuple[Contribution, frozenset[str], int, int] | None", frozenset[str], frozenset[str],
+                "Contribution | None"]
+NOTHING: frozenset[str] = frozenset()
 
 
 class _Plan:
@@ -238,6 +241,27 @@ class QuestionRanker:
                             same = _as_static(read, self.static.tiers[tier].read_of.get(i))
                             self.single[tier][i, code, present] = (read, None if read is None else read[:4], same)
 
+        # The same per finding: (code, present) -> what each rule it alone touches changes, for
+        # the rules where that is anything (most read as no near miss, as in the static tables):
+        # (rule index, its entry for `near` or None, the findings it adds to `related`, the
+        # findings whose credit it changes (none: it reads as in the static tables), and its
+        # contribution and the findings it credits when it is a near miss unlike the static one).
+        self.effects: dict[str, dict[tuple[str, bool | None], list[_Effect]]] = {t: {} for t in TIER_RANK}
+        for tier, entries in self.single.items():
+            read_of = self.static.tiers[tier].read_of
+            for (i, code, present), (read, entry, same) in sorted(entries.items(), key=lambda e: e[0][0]):
+                rel = read[1] if read is not None and read[4] else NOTHING
+                if same:
+                    if entry is None:
+                        continue  # no near miss, now or in the static tables: nothing to do
+                    effect: _Effect = (i, entry, rel, NOTHING, None)
+                else:
+                    old_read = read_of.get(i)
+                    was = old_read[1] if old_read is not None else NOTHING
+                    effect = (i, entry, rel, was | read[1], read[0]) if read is not None else (i, None, rel, was, None)
+                self.effects[tier].setdefault((code, present), []).append(effect)
+        self.valued_codes = frozenset(code for code, c in self.bits.by_code.items() if c[4])
+
         # A rule touched by the age alone reads by which of its age tests hold (every one holds
         # or fails when the age is given): each combination read at load, per tier, keyed (rule
         # index, its age leaves' bits that hold, shifted to the rule's block).
@@ -289,12 +313,29 @@ class QuestionRanker:
         # credits come from the static tables.
         touching = static.touching
         alone: dict[int, str | None] = {}  # rule -> the one finding touching it (None: several)
-        for code in known:
-            for i in touching.get(code, NO_RULES):
-                alone[i] = None if i in alone else code
+        # The rules read one by one below: touched by several findings, by a present finding with
+        # tests on its value (its single-finding readings are not tables), and (added below) by
+        # anything but findings, or fired. The others, touched by one finding alone, are taken
+        # from that finding's effects (self.effects).
+        main: set[int] = set()
+        valued = self.valued_codes
+        for code, fact in known.items():
+            rules = touching.get(code, NO_RULES)
+            for i in rules:
+                if i in alone:
+                    alone[i] = None
+                    main.add(i)
+                else:
+                    alone[i] = code
+            if fact.present and code in valued:
+                main.update(rules)
         for code in enc.unknown:
             for i in touching.get(code, NO_RULES):
-                alone[i] = None if i in alone else code
+                if i in alone:
+                    alone[i] = None
+                    main.add(i)
+                else:
+                    alone[i] = code
         # ... and by a patient attribute, score, derived fact or a fact pending otherwise than
         # in the static reading.
         # A rule touched by the age and nothing else is read from a table (self.by_age): the age
@@ -329,7 +370,33 @@ class QuestionRanker:
         # table read at load, the others read here.
         single, by_age, age_bits = self.single[tier], self.by_age[tier], self.age_bits
         cache_of, cache = self.cache_of, self.read_cache[tier]
-        for i in sorted(touched & self.candidate_pos[tier]):
+        main |= others
+        main |= aged
+        main |= fired
+        # The rules touched by one finding alone, from its effects read at load (`gains` is
+        # filled out of rule order: sorted where it is summed).
+        effects = self.effects[tier]
+        for code, fact in [*known.items(), *[(c, None) for c in enc.unknown if c not in known]]:
+            todo = effects.get((code, None if fact is None else fact.present))
+            if todo is None:
+                continue
+            for i, entry, rel, was, contribution in todo:
+                if i in main:
+                    continue
+                if entry is not None:
+                    near[i] = entry
+                if rel:
+                    related.update(rel)
+                if was:
+                    changed.add(i)
+                    affected.update(was)
+                    if contribution is not None:
+                        for code2 in entry[1]:  # type: ignore[index]
+                            if code2 in gains:
+                                gains[code2].append(contribution)
+                            else:
+                                gains[code2] = [contribution]
+        for i in touched & main & self.candidate_pos[tier]:
             if i in fired:
                 read = None
             else:
@@ -357,16 +424,13 @@ class QuestionRanker:
                         hit = (read, None if read is None else read[:4], _as_static(read, before.get(i)))
                         if len(cache) < READ_CACHE:
                             cache[key] = hit
-                if hit is None:
-                    read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
-                else:
-                    read, entry, same = hit
-                    if same:  # as in the static tables: a near miss or not, no credit changes
-                        if entry is not None:
-                            near[i] = entry
-                            if read[4]:  # supported
-                                related.update(read[1])
-                        continue
+                read, entry, same = hit
+                if same:  # as in the static tables: a near miss or not, no credit changes
+                    if entry is not None:
+                        near[i] = entry
+                        if read[4]:  # supported
+                            related.update(read[1])
+                    continue
             old = before.get(i)
             if read is None:
                 if old is not None:
@@ -408,8 +472,12 @@ class QuestionRanker:
                         items.sort()  # by rule index (c[POS])
                     else:
                         items = new
+                        if len(items) > 1:
+                            items.sort()
             else:
                 items = gains.get(code)
+                if items and len(items) > 1:
+                    items.sort()  # by rule index: `gains` is filled out of order
             if items:
                 if len(items) == 1:
                     # worth() of one finite value x is x + 0.1 * 0.0, that is x + 0.0 (-0.0 becomes 0.0)
