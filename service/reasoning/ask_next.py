@@ -88,7 +88,7 @@ _Row = tuple[RuleBits, str, float, float, int, "tuple[str, float] | None"]
 _Reading = tuple[Contribution, frozenset[str], int, int, bool]
 # A rule touched by one finding alone, read at load: its reading, its entry for `near`, and
 # whether it reads as in the static tables.
-_AGED: Any = object()  # a rule no finding touches (in rank: touched by the age alone)
+_MISSING: Any = object()  # not in a cache
 _Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int] | None", bool]
 _Effect = tuple[int, "tuple[Contribution, frozenset[str], int, int] | None", frozenset[str], frozenset[str],
                 "Contribution | None"]
@@ -249,17 +249,10 @@ class QuestionRanker:
         self.effects: dict[str, dict[tuple[str, bool | None], list[_Effect]]] = {t: {} for t in TIER_RANK}
         for tier, entries in self.single.items():
             read_of = self.static.tiers[tier].read_of
-            for (i, code, present), (read, entry, same) in sorted(entries.items(), key=lambda e: e[0][0]):
-                rel = read[1] if read is not None and read[4] else NOTHING
-                if same:
-                    if entry is None:
-                        continue  # no near miss, now or in the static tables: nothing to do
-                    effect: _Effect = (i, entry, rel, NOTHING, None)
-                else:
-                    old_read = read_of.get(i)
-                    was = old_read[1] if old_read is not None else NOTHING
-                    effect = (i, entry, rel, was | read[1], read[0]) if read is not None else (i, None, rel, was, None)
-                self.effects[tier].setdefault((code, present), []).append(effect)
+            for (i, code, present), hit in sorted(entries.items(), key=lambda e: e[0][0]):
+                effect = _effect(i, hit, read_of)
+                if effect is not None:
+                    self.effects[tier].setdefault((code, present), []).append(effect)
         self.valued_codes = frozenset(code for code, c in self.bits.by_code.items() if c[4])
 
         # A rule touched by the age alone reads by which of its age tests hold (every one holds
@@ -280,6 +273,10 @@ class QuestionRanker:
                         read = self._read_row(i, rows[i], t1, f1, pending0, {}, set(), tier, {})
                         same = _as_static(read, self.static.tiers[tier].read_of.get(i))
                         self.by_age[tier][i, held] = (read, None if read is None else read[:4], same)
+        # Every age leaf's bit: T's age bits say which of the rule set's age tests hold, and so
+        # what every rule touched by the age alone changes (self.age_effects, filled as met).
+        self.age_mask = sum(mask << off for off, mask in self.age_bits.values())
+        self.age_effects: dict[str, dict[int, list[_Effect]]] = {t: {} for t in TIER_RANK}
 
         # Any other touched rule reads only its own leaves' T and F bits, what its fact leaves
         # are pending on, and for a score item, the score and which of its threshold rules fired
@@ -288,10 +285,10 @@ class QuestionRanker:
         # padded findings, by the sex, by a derived fact). Filled as met, up to READ_CACHE
         # entries per tier (by any thread: a dict's get and set are atomic, and two threads
         # filling one entry write the same value).
-        self.cache_of: dict[int, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {}
+        self.cache_of: dict[int, tuple[int, int, tuple[str, ...], str | None, tuple[str, ...]]] = {}
         for p in self.plans:
             sid = p.score[0] if p.score else None
-            self.cache_of[p.pos] = (tuple(sorted({n for n in p.bits.fact if n})), sid,
+            self.cache_of[p.pos] = (p.bits.off, p.bits.mask, tuple(sorted({n for n in p.bits.fact if n})), sid,
                                     tuple(r.id for r, _ in self.thresholds.get(sid, ())) if sid else ())
         self.read_cache: dict[str, dict[tuple[Any, ...], _Single]] = {t: {} for t in TIER_RANK}
         # The same for the derivers' readings in _pending (what they need, or None).
@@ -368,17 +365,25 @@ class QuestionRanker:
         memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
         # The touched candidates in rule order: one touched by a single finding alone from the
         # table read at load, the others read here.
-        single, by_age, age_bits = self.single[tier], self.by_age[tier], self.age_bits
+        single = self.single[tier]
         cache_of, cache = self.cache_of, self.read_cache[tier]
+        for i in aged:
+            if i in alone:  # touched by the age and a finding
+                main.add(i)
         main |= others
-        main |= aged
         main |= fired
-        # The rules touched by one finding alone, from its effects read at load (`gains` is
-        # filled out of rule order: sorted where it is summed).
+        # The rules touched by one finding alone, from its effects read at load, and those
+        # touched by the age alone, from the age's (`gains` is filled out of rule order: sorted
+        # where it is summed).
         effects = self.effects[tier]
-        for code, fact in [*known.items(), *[(c, None) for c in enc.unknown if c not in known]]:
-            todo = effects.get((code, None if fact is None else fact.present))
-            if todo is None:
+        lists = [effects.get((code, None if fact is None else fact.present))
+                 for code, fact in [*known.items(), *[(c, None) for c in enc.unknown if c not in known]]]
+        if aged:
+            held = t & self.age_mask
+            by_held = self.age_effects[tier].get(held)
+            lists.append(self._aged(tier, held) if by_held is None else by_held)
+        for todo in lists:
+            if not todo:
                 continue
             for i, entry, rel, was, contribution in todo:
                 if i in main:
@@ -401,18 +406,13 @@ class QuestionRanker:
                 read = None
             else:
                 hit = None
-                if i not in others:
-                    code = alone.get(i, _AGED)
-                    if code is _AGED:  # touched by the age alone: by which of its age tests hold
-                        off, mask = age_bits[i]
-                        hit = by_age.get((i, (t >> off) & mask))
-                    elif code is not None and i not in aged:
+                if i not in others and i not in aged:  # then touched by findings alone
+                    code = alone[i]
+                    if code is not None:  # a present finding with tests on its value
                         fact = known.get(code)
                         hit = single.get((i, code, None if fact is None else fact.present))
                 if hit is None:
-                    rb = rows[i][0]
-                    off, mask = rb.off, rb.mask
-                    names, sid, thresholds = cache_of[i]
+                    off, mask, names, sid, thresholds = cache_of[i]
                     key: tuple[Any, ...] = (i, (t >> off) & mask, (f >> off) & mask)
                     if names:
                         key += tuple([pending.get(n) for n in names])
@@ -645,18 +645,34 @@ class QuestionRanker:
                     pending[name] = needed
         return pending, f
 
+    def _aged(self, tier: str, held: int) -> list[_Effect]:
+        """What the rules the age touches change, read alone, when the age leaves in `held` hold
+        (and the other age leaves fail), in rule order; kept per tier as met."""
+        by_age, read_of = self.by_age[tier], self.static.tiers[tier].read_of
+        out = []
+        for i in sorted(self.age_bits):
+            off, mask = self.age_bits[i]
+            hit = by_age.get((i, (held >> off) & mask))
+            effect = None if hit is None else _effect(i, hit, read_of)
+            if effect is not None:
+                out.append(effect)
+        cache = self.age_effects[tier]
+        if len(cache) < READ_CACHE:
+            cache[held] = out
+        return out
+
     def _needs(self, plan: _Plan, t: int, f: int, pending: dict[str, frozenset[str]]) -> frozenset[str] | None:
         """What a deriver needs as a near miss, or None: read from `deriver_cache` when a request
         before held the same of it (its T and F bits, what its facts are pending on)."""
         rb = plan.bits
         off, mask = rb.off, rb.mask
         key: tuple[Any, ...] = (plan.pos, (t >> off) & mask, (f >> off) & mask)
-        names = self.cache_of[plan.pos][0]
+        names = self.cache_of[plan.pos][2]
         if names:
             key += tuple([pending.get(n) for n in names])
         cache = self.deriver_cache
-        hit = cache.get(key, _AGED)
-        if hit is _AGED:
+        hit = cache.get(key, _MISSING)
+        if hit is _MISSING:
             assessed = rb.assess(t, f, pending)
             hit = assessed[0] if assessed else None
             if len(cache) < READ_CACHE:
@@ -781,6 +797,19 @@ class QuestionRanker:
                     best = candidate
         memo[score] = out = (best[0], best[1], top)
         return out
+
+
+def _effect(i: int, hit: _Single, read_of: dict[int, tuple[Contribution, frozenset[str]]]) -> _Effect | None:
+    """What a rule read at load (`hit`: its reading, its entry for `near`, whether it reads as in
+    the static tables) changes in a request, or None when nothing (no near miss, now or in the
+    static tables)."""
+    read, entry, same = hit
+    rel = read[1] if read is not None and read[4] else NOTHING
+    if same:
+        return None if entry is None else (i, entry, rel, NOTHING, None)
+    old = read_of.get(i)
+    was = old[1] if old is not None else NOTHING
+    return (i, entry, rel, was | read[1], read[0]) if read is not None else (i, None, rel, was, None)
 
 
 def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
