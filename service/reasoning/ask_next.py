@@ -293,6 +293,12 @@ class QuestionRanker:
         self.read_cache: dict[str, dict[tuple[Any, ...], _Single]] = {t: {} for t in TIER_RANK}
         # The same for the derivers' readings in _pending (what they need, or None).
         self.deriver_cache: dict[tuple[Any, ...], frozenset[str] | None] = {}
+        # ... and what they find pending in a request, with the fact bits that clears in F
+        # (keyed by what decides it: see rank).
+        self.pending_cache: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
+        self.deriver_pos = frozenset(p.pos for p in self.derivers)
+        self.derivable = frozenset(name for p in self.derivers for name in p.derive)
+        self.deriver_blocks = tuple((p.pos, p.bits.off, p.bits.mask) for p in self.derivers)
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
@@ -347,7 +353,21 @@ class QuestionRanker:
         for name in derived:
             others |= touch_fact.get(name, NO_RULES)
         touched = others.union(alone, aged)
-        pending, f = self._pending(t, f, fired, derived, touched)
+        # What the derivers find pending depends only on the touched ones' leaves, which derivers
+        # fired and which of their facts were derived: kept as met, with the fact bits it clears.
+        key = (self.deriver_pos.intersection(fired), self.derivable.intersection(derived),
+               tuple([(pos, (t >> off) & mask, (f >> off) & mask) for pos, off, mask in self.deriver_blocks
+                      if pos in touched]))
+        hit = self.pending_cache.get(key)
+        if hit is None:
+            pending, f1 = self._pending(t, f, fired, derived, touched)
+            hit = pending, f & ~f1
+            if len(self.pending_cache) < READ_CACHE:
+                self.pending_cache[key] = hit
+            f = f1
+        else:
+            pending = hit[0]
+            f &= ~hit[1]
         pending0 = static.pending
         for name in pending.keys() | pending0.keys():
             if pending.get(name) != pending0.get(name):
