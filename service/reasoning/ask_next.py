@@ -50,7 +50,6 @@ six: rules on age can never fire without it, and a nurse can answer it at once.
 
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING, Any
 
 from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
@@ -182,6 +181,8 @@ class QuestionRanker:
             for tier, cands in self.candidates.items()}
         self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
         self.umbrella_codes = frozenset(code for code, _ in self.umbrellas)
+        # Each umbrella with (code, *atoms), the findings whose reasons it settles.
+        self.umbrella_pairs = tuple((pair, (pair[0], *pair[1])) for pair in self.umbrellas)
         # A patient attribute, score or derived fact -> the rules reading it.
         touching = self.static.touching
         self.touch_patient = {key[8:]: v for key, v in touching.items() if key.startswith("patient:")}
@@ -189,6 +190,7 @@ class QuestionRanker:
         self.touch_fact = {key[5:]: v for key, v in touching.items() if key.startswith("fact:")}
 
         self.titles = {rule.id: rule.title for rule in k.rules}  # for questions' `why`
+        self.whys: dict[tuple[str, ...], str] = {}  # (lead, up to three rules) -> `why`
         # Each finding's question as far as it is the same in every answer (a new dict and
         # list per answer: a client may change its copy).
         self.heads: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -515,12 +517,11 @@ class QuestionRanker:
         moved = self.moved[tier]
         unknown = enc.unknown
         left = []  # the umbrellas not moved as at load
-        for pair in self.umbrellas:
-            code, atoms = pair
+        for pair, both in self.umbrella_pairs:
+            code = both[0]
             if code in credit:
-                dirty.add(code)
-                dirty.update(atoms)
-                _settle([code, *atoms], fresh, reasons, reach)
+                dirty.update(both)
+                _settle(both, fresh, reasons, reach)
                 as_static = moved.get(code)
                 if as_static is not None:
                     atom = as_static[0]
@@ -778,19 +779,25 @@ class QuestionRanker:
     def _question(self, code: str, impact: float, rules: list[str], aim: str,
                   change: dict[str, Any], lowers: bool = False) -> dict[str, Any]:
         head, choices = self.heads[code]
-        title = self.titles
-        titles = "; ".join([title[r] for r in rules[:3]])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
         if lowers and aim != "urgency":
             lead = LOWERS_LEAD
+        # The same few rules stand behind many questions: each `why` is made once (kept as met,
+        # by any thread: a dict's get and set are atomic).
+        key = (lead, *rules[:3])
+        why = self.whys.get(key)
+        if why is None:
+            title = self.titles
+            why = f"{lead}: {'; '.join([title[r] for r in rules[:3]])}"
+            if len(self.whys) < READ_CACHE:
+                self.whys[key] = why
         # finding, display, question, type and unit (the head), choices, aim, impact, the tier
         # change, why, rules, in that order; one dict literal (with ask_next_limit an answer
         # builds a hundred or more). New lists: the static tables' are shared by every request.
         if choices:
             return {**head, "choices": list(choices), "aim": aim, "impact": round(impact, 2), **change,
-                    "why": f"{lead}: {titles}", "rules": list(rules)}
-        return {**head, "aim": aim, "impact": round(impact, 2), **change, "why": f"{lead}: {titles}",
-                "rules": list(rules)}
+                    "why": why, "rules": list(rules)}
+        return {**head, "aim": aim, "impact": round(impact, 2), **change, "why": why, "rules": list(rules)}
 
     def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str,
                   memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -868,10 +875,12 @@ def _best(ranked: list[str], skip: set[str], new: list[str], n: int, credit: dic
                 break
     if not new:
         return out
-    return heapq.nsmallest(n, out + new, key=lambda c: (-credit[c][part], c))
+    # sorted()[:n] is what heapq.nsmallest is documented to equal, and faster at these sizes
+    # (tens of findings).
+    return sorted(out + new, key=lambda c: (-credit[c][part], c))[:n]
 
 
-def _settle(codes: list[str], fresh: dict[str, list[Contribution]], reasons: dict[str, list[str]],
+def _settle(codes: list[str] | tuple[str, ...], fresh: dict[str, list[Contribution]], reasons: dict[str, list[str]],
             reach: dict[str, int]) -> None:
     """The reasons and reach of `codes` whose credit this request recomputed."""
     for code in codes:
