@@ -278,7 +278,7 @@ class QuestionRanker:
         # Every age leaf's bit: T's age bits say which of the rule set's age tests hold, and so
         # what every rule touched by the age alone changes (self.age_effects, filled as met).
         self.age_mask = sum(mask << off for off, mask in self.age_bits.values())
-        self.age_effects: dict[str, dict[int, list[_Effect]]] = {t: {} for t in TIER_RANK}
+        self.age_effects: dict[str, dict[int, tuple[list[_Effect], frozenset[int]]]] = {t: {} for t in TIER_RANK}
 
         # Any other touched rule reads only its own leaves' T and F bits, what its fact leaves
         # are pending on, and for a score item, the score and which of its threshold rules fired
@@ -403,7 +403,9 @@ class QuestionRanker:
         if aged:
             held = t & self.age_mask
             by_held = self.age_effects[tier].get(held)
-            lists.append(self._aged(tier, held) if by_held is None else by_held)
+            todo, missing = self._aged(tier, held) if by_held is None else by_held
+            lists.append(todo)
+            main |= missing
         for todo in lists:
             if not todo:
                 continue
@@ -666,21 +668,27 @@ class QuestionRanker:
                     pending[name] = needed
         return pending, f
 
-    def _aged(self, tier: str, held: int) -> list[_Effect]:
+    def _aged(self, tier: str, held: int) -> tuple[list[_Effect], frozenset[int]]:
         """What the rules the age touches change, read alone, when the age leaves in `held` hold
-        (and the other age leaves fail), in rule order; kept per tier as met."""
-        by_age, read_of = self.by_age[tier], self.static.tiers[tier].read_of
+        (and the other age leaves fail), in rule order, and the candidates self.by_age does not
+        hold (read one by one); kept per tier as met."""
+        by_age, read_of, rows = self.by_age[tier], self.static.tiers[tier].read_of, self.rows[tier]
         out = []
+        missing = set()
         for i in sorted(self.age_bits):
             off, mask = self.age_bits[i]
             hit = by_age.get((i, (held >> off) & mask))
-            effect = None if hit is None else _effect(i, hit, read_of)
+            if hit is None:
+                if i in rows:
+                    missing.add(i)
+                continue
+            effect = _effect(i, hit, read_of)
             if effect is not None:
                 out.append(effect)
         cache = self.age_effects[tier]
         if len(cache) < READ_CACHE:
-            cache[held] = out
-        return out
+            cache[held] = out, frozenset(missing)
+        return out, frozenset(missing)
 
     def _needs(self, plan: _Plan, t: int, f: int, pending: dict[str, frozenset[str]]) -> frozenset[str] | None:
         """What a deriver needs as a near miss, or None: read from `deriver_cache` when a request
