@@ -43,6 +43,15 @@ whose contributions changed, summed in rule order as before, and picks the best 
 from the static tables' own ranking and the changed findings instead of sorting every one.
 The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
 
+Issue 18, later: a rule touched by one finding alone, or by the age alone, is taken from that
+finding's (or the age's) effects read at load: only the rules whose reading changes something
+(most padded denied findings touch rules that read as in the static tables). The other touched
+rules, the derivers, and what the derivers find pending are read per request as before, but
+what each reading gave is kept as met, keyed by everything it depends on (the rule's T and F
+bits, what its facts are pending on, for a score item the score and its thresholds fired), up
+to a bound (READ_CACHE, PENDING_CACHE): a reading is a pure function of those, so a kept one
+is the same value. The questions' `why` texts are kept the same way.
+
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
 six: rules on age can never fire without it, and a nurse can answer it at once.
@@ -69,9 +78,12 @@ if TYPE_CHECKING:
 # and three slots dropped saddle sensation. Three differential slots, as before.
 URGENCY_SLOTS = 4
 DIFFERENTIAL_SLOTS = 3
-# Touched rules' readings kept per tier (see QuestionRanker.read_cache): an entry is about 0.3
-# kB, so at most about 15 MB per tier; a few thousand are met in practice.
-READ_CACHE = 50_000
+# Bounds of what rank() keeps as met (QuestionRanker.read_cache and the others filled in rank):
+# an entry is about 0.6 kB, and 12,000 varied encounters (bench/ask_next_ab.py) fill about
+# 21,000 entries in all, 12 MB; at the bounds, about 30 MB a process. Past a bound, what is not
+# kept is read per request as before.
+READ_CACHE = 8_000  # per tier, and for the derivers' readings and the questions' `why`
+PENDING_CACHE = 4_000  # what the derivers find pending (each entry holds a dict)
 PATIENT_QUESTIONS = {
     "age": ("Age", "How old is the patient, in years?", "number", "a"),
     "sex": ("Sex", "What is the patient's sex?", "choice", None),
@@ -364,7 +376,7 @@ class QuestionRanker:
         if hit is None:
             pending, f1 = self._pending(t, f, fired, derived, touched)
             hit = pending, f & ~f1
-            if len(self.pending_cache) < READ_CACHE:
+            if len(self.pending_cache) < PENDING_CACHE:
                 self.pending_cache[key] = hit
             f = f1
         else:
