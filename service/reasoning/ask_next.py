@@ -355,8 +355,8 @@ class QuestionRanker:
                     alone[i] = code
         # ... and by a patient attribute, score, derived fact or a fact pending otherwise than
         # in the static reading.
-        # A rule touched by the age and nothing else is read from a table (self.by_age): the age
-        # is given in most requests, and only whether each of its age tests holds matters.
+        # A rule touched by the age and nothing else is taken from the age's effects (from
+        # self.by_age): the age is given in most requests, and only which age tests hold matters.
         aged = self.touch_patient.get("age", NO_RULES) if enc.age is not None else NO_RULES
         others: set[int] = set()
         if enc.sex is not None:
@@ -397,8 +397,9 @@ class QuestionRanker:
         affected: set[str] = set()  # the findings they credit (now or in the static tables)
         gains: dict[str, list[Contribution]] = {}
         memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
-        # The touched candidates in rule order: one touched by a single finding alone from the
-        # table read at load, the others read here.
+        # The touched candidates: those touched by one finding alone, or by the age alone, from
+        # their effects; the others (`main`) one by one, a present finding's with tests on its
+        # value from self.single, the rest read here or from self.read_cache.
         single = self.single[tier]
         cache_of, cache = self.cache_of, self.read_cache[tier]
         for i in aged:
