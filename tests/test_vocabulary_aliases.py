@@ -211,6 +211,14 @@ def test_ask_atoms_moves_the_credit_and_keeps_the_larger():
     assert credit == {"b": (5.0, 3.0)} and reasons == {"b": ["r2", "r1"]} and reach == {"b": 3}
 
 
+def test_first_open_is_the_first_atom_answered_nowhere():
+    atoms = ("a", "b", "c")
+    assert aliases.first_open(atoms, set()) == "a"
+    assert aliases.first_open(atoms, {"a"}) == "b"
+    assert aliases.first_open(atoms, {"a": 1}, frozenset({"b"})) == "c"  # known and asked apart
+    assert aliases.first_open(atoms, {"a", "c"}, {"b"}) is None
+
+
 def test_findings_catalogue_and_openapi_carry_the_vocabulary_version(client, knowledge):
     body = client.get("/v1/findings").get_json()
     assert body["version"] == knowledge.vocabulary_version == "0.3.2"

@@ -22,6 +22,7 @@ goes to its first atom not yet answered (service/reasoning/ask_next.py).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,6 +69,15 @@ def expand(pairs: Umbrellas, enc: Encounter) -> Encounter:
                                deprecated_used=tuple(used), umbrella_atoms=behind)
 
 
+def first_open(atoms: tuple[str, ...], *answered: Container[str]) -> str | None:
+    """The atom an old bundled code is asked as: its first (in `replaced_by` order) not in any
+    of `answered`, or None when every one was answered."""
+    for atom in atoms:
+        if not any(atom in done for done in answered):
+            return atom
+    return None
+
+
 def ask_atoms(pairs: Umbrellas, credit: dict[str, tuple[float, float]], reasons: dict[str, list[str]],
               reach: dict[str, int], answered: set[str]) -> None:
     """ask_next: move an umbrella's credit onto its first atom not yet answered (one question
@@ -79,7 +89,7 @@ def ask_atoms(pairs: Umbrellas, credit: dict[str, tuple[float, float]], reasons:
         u, d = credit.pop(code)
         why = reasons.pop(code, [])
         top = reach.pop(code, 0)
-        atom = next((a for a in atoms if a not in answered), None)
+        atom = first_open(atoms, answered)
         if atom is None:
             continue
         au, ad = credit.get(atom, (0.0, 0.0))

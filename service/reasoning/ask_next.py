@@ -43,6 +43,15 @@ whose contributions changed, summed in rule order as before, and picks the best 
 from the static tables' own ranking and the changed findings instead of sorting every one.
 The questions are exactly those of the ranker before (tests/test_ask_next_plan.py).
 
+Issue 18, later: a rule touched by one finding alone, or by the age alone, is taken from that
+finding's (or the age's) effects read at load: only the rules whose reading changes something
+(most padded denied findings touch rules that read as in the static tables). The other touched
+rules, the derivers, and what the derivers find pending are read per request as before, but
+what each reading gave is kept as met, keyed by everything it depends on (the rule's T and F
+bits, what its facts are pending on, for a score item the score and its thresholds fired), up
+to a bound (READ_CACHE, PENDING_CACHE): a reading is a pure function of those, so a kept one
+is the same value. The questions' `why` texts are kept the same way.
+
 A patient attribute that was not sent (age, sex) is unknown in the same way, so the rules it
 blocks count as near misses on it. When the rule set tests it, it is asked first, outside the
 six: rules on age can never fire without it, and a nurse can answer it at once.
@@ -50,7 +59,6 @@ six: rules on age can never fire without it, and a nurse can answer it at once.
 
 from __future__ import annotations
 
-import heapq
 from typing import TYPE_CHECKING, Any
 
 from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
@@ -70,6 +78,12 @@ if TYPE_CHECKING:
 # and three slots dropped saddle sensation. Three differential slots, as before.
 URGENCY_SLOTS = 4
 DIFFERENTIAL_SLOTS = 3
+# Bounds of what rank() keeps as met (QuestionRanker.read_cache and the others filled in rank):
+# an entry is about 0.6 kB, and 12,000 varied encounters (bench/ask_next_ab.py) fill about
+# 21,000 entries in all, 12 MB; at the bounds, about 30 MB a process. Past a bound, what is not
+# kept is read per request as before.
+READ_CACHE = 8_000  # per tier, and for the derivers' readings and the questions' `why`
+PENDING_CACHE = 4_000  # what the derivers find pending (each entry holds a dict)
 PATIENT_QUESTIONS = {
     "age": ("Age", "How old is the patient, in years?", "number", "a"),
     "sex": ("Sex", "What is the patient's sex?", "choice", None),
@@ -85,8 +99,11 @@ _Row = tuple[RuleBits, str, float, float, int, "tuple[str, float] | None"]
 _Reading = tuple[Contribution, frozenset[str], int, int, bool]
 # A rule touched by one finding alone, read at load: its reading, its entry for `near`, and
 # whether it reads as in the static tables.
-_AGED: Any = object()  # a rule no finding touches (in rank: touched by the age alone)
+_MISSING: Any = object()  # not in a cache
 _Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int] | None", bool]
+_Effect = tuple[int, "tuple[Contribution, frozenset[str], int, int] | None", frozenset[str], frozenset[str],
+                "Contribution | None"]
+NOTHING: frozenset[str] = frozenset()
 
 
 class _Plan:
@@ -176,6 +193,8 @@ class QuestionRanker:
             for tier, cands in self.candidates.items()}
         self.candidate_pos = {tier: frozenset(rows) for tier, rows in self.rows.items()}
         self.umbrella_codes = frozenset(code for code, _ in self.umbrellas)
+        # Each umbrella with (code, *atoms), the findings whose reasons it settles.
+        self.umbrella_pairs = tuple((pair, (pair[0], *pair[1])) for pair in self.umbrellas)
         # A patient attribute, score or derived fact -> the rules reading it.
         touching = self.static.touching
         self.touch_patient = {key[8:]: v for key, v in touching.items() if key.startswith("patient:")}
@@ -183,6 +202,7 @@ class QuestionRanker:
         self.touch_fact = {key[5:]: v for key, v in touching.items() if key.startswith("fact:")}
 
         self.titles = {rule.id: rule.title for rule in k.rules}  # for questions' `why`
+        self.whys: dict[tuple[str, ...], str] = {}  # (lead, up to three rules) -> `why`
         # Each finding's question as far as it is the same in every answer (a new dict and
         # list per answer: a client may change its copy).
         self.heads: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
@@ -199,6 +219,21 @@ class QuestionRanker:
             self.ranked[tier] = (sorted((c for c in codes if cr[c][0] > 0), key=lambda c: (-cr[c][0], c)),
                                  sorted((c for c in codes if not cr[c][0] > 0 and cr[c][1] > 0),
                                         key=lambda c: (-cr[c][1], c)))
+        # An old bundled code the request leaves as in the static tables (its credit and its
+        # first atom's not recomputed, that atom not answered) moves onto the atom as it does
+        # when nothing is known: per tier, code -> (atom, its credit, reasons and reach) after
+        # aliases.ask_atoms, read at load. Only when no two umbrellas share an atom and no atom
+        # is itself an umbrella (then each moves alone, whatever the others do).
+        every_atom = [a for _, atoms in self.umbrellas for a in atoms]
+        disjoint = len(every_atom) == len(set(every_atom)) and not set(every_atom) & self.umbrella_codes
+        self.moved: dict[str, dict[str, tuple[str, Impact, list[str], int]]] = {t: {} for t in TIER_RANK}
+        for tier, table in self.static.tiers.items():
+            for pair in self.umbrellas if disjoint else ():
+                code, atoms = pair
+                if code in table.credit and atoms:
+                    cr, rs, rh = dict(table.credit), dict(table.reasons), dict(table.reach)
+                    aliases.ask_atoms((pair,), cr, rs, rh, set())
+                    self.moved[tier][code] = (atoms[0], cr[atoms[0]], rs[atoms[0]], rh[atoms[0]])
         # A rule touched by one finding alone (sent present or denied, or answered "unknown"),
         # and by nothing else, reads the same in every such request: read at load, per tier,
         # keyed (rule index, finding, present: True / False / None for "unknown"). A present
@@ -220,6 +255,20 @@ class QuestionRanker:
                             same = _as_static(read, self.static.tiers[tier].read_of.get(i))
                             self.single[tier][i, code, present] = (read, None if read is None else read[:4], same)
 
+        # The same per finding: (code, present) -> what each rule it alone touches changes, for
+        # the rules where that is anything (most read as no near miss, as in the static tables):
+        # (rule index, its entry for `near` or None, the findings it adds to `related`, the
+        # findings whose credit it changes (none: it reads as in the static tables), and its
+        # contribution and the findings it credits when it is a near miss unlike the static one).
+        self.effects: dict[str, dict[tuple[str, bool | None], list[_Effect]]] = {t: {} for t in TIER_RANK}
+        for tier, entries in self.single.items():
+            read_of = self.static.tiers[tier].read_of
+            for (i, code, present), hit in sorted(entries.items(), key=lambda e: e[0][0]):
+                effect = _effect(i, hit, read_of)
+                if effect is not None:
+                    self.effects[tier].setdefault((code, present), []).append(effect)
+        self.valued_codes = frozenset(code for code, c in self.bits.by_code.items() if c[4])
+
         # A rule touched by the age alone reads by which of its age tests hold (every one holds
         # or fails when the age is given): each combination read at load, per tier, keyed (rule
         # index, its age leaves' bits that hold, shifted to the rule's block).
@@ -238,6 +287,32 @@ class QuestionRanker:
                         read = self._read_row(i, rows[i], t1, f1, pending0, {}, set(), tier, {})
                         same = _as_static(read, self.static.tiers[tier].read_of.get(i))
                         self.by_age[tier][i, held] = (read, None if read is None else read[:4], same)
+        # Every age leaf's bit: T's age bits say which of the rule set's age tests hold, and so
+        # what every rule touched by the age alone changes (self.age_effects, filled as met).
+        self.age_mask = sum(mask << off for off, mask in self.age_bits.values())
+        self.age_effects: dict[str, dict[int, tuple[list[_Effect], frozenset[int]]]] = {t: {} for t in TIER_RANK}
+
+        # Any other touched rule reads only its own leaves' T and F bits, what its fact leaves
+        # are pending on, and for a score item, the score and which of its threshold rules fired
+        # (and the tier): what reading it gave is kept, per tier, keyed by those, so that the
+        # next request holding the same of it reads it from here (a rule touched by several
+        # padded findings, by the sex, by a derived fact). Filled as met, up to READ_CACHE
+        # entries per tier (by any thread: a dict's get and set are atomic, and two threads
+        # filling one entry write the same value).
+        self.cache_of: dict[int, tuple[int, int, tuple[str, ...], str | None, tuple[str, ...]]] = {}
+        for p in self.plans:
+            sid = p.score[0] if p.score else None
+            self.cache_of[p.pos] = (p.bits.off, p.bits.mask, tuple(sorted({n for n in p.bits.fact if n})), sid,
+                                    tuple(r.id for r, _ in self.thresholds.get(sid, ())) if sid else ())
+        self.read_cache: dict[str, dict[tuple[Any, ...], _Single]] = {t: {} for t in TIER_RANK}
+        # The same for the derivers' readings in _pending (what they need, or None).
+        self.deriver_cache: dict[tuple[Any, ...], frozenset[str] | None] = {}
+        # ... and what they find pending in a request, with the fact bits that clears in F
+        # (keyed by what decides it: see rank).
+        self.pending_cache: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
+        self.deriver_pos = frozenset(p.pos for p in self.derivers)
+        self.derivable = frozenset(name for p in self.derivers for name in p.derive)
+        self.deriver_blocks = tuple((p.pos, p.bits.off, p.bits.mask) for p in self.derivers)
 
     def rank(self, enc: Encounter, facts: list[Fact], result: EngineResult, tier: str) -> list[dict[str, Any]]:
         fired_ids = {f.rule_id for f in result.firings}
@@ -255,16 +330,33 @@ class QuestionRanker:
         # credits come from the static tables.
         touching = static.touching
         alone: dict[int, str | None] = {}  # rule -> the one finding touching it (None: several)
-        for code in known:
-            for i in touching.get(code, NO_RULES):
-                alone[i] = None if i in alone else code
+        # The rules read one by one below: touched by several findings, by a present finding with
+        # tests on its value (its single-finding readings are not tables), and (added below) by
+        # anything but findings, or fired. The others, touched by one finding alone, are taken
+        # from that finding's effects (self.effects).
+        main: set[int] = set()
+        valued = self.valued_codes
+        for code, fact in known.items():
+            rules = touching.get(code, NO_RULES)
+            for i in rules:
+                if i in alone:
+                    alone[i] = None
+                    main.add(i)
+                else:
+                    alone[i] = code
+            if fact.present and code in valued:
+                main.update(rules)
         for code in enc.unknown:
             for i in touching.get(code, NO_RULES):
-                alone[i] = None if i in alone else code
+                if i in alone:
+                    alone[i] = None
+                    main.add(i)
+                else:
+                    alone[i] = code
         # ... and by a patient attribute, score, derived fact or a fact pending otherwise than
         # in the static reading.
-        # A rule touched by the age and nothing else is read from a table (self.by_age): the age
-        # is given in most requests, and only whether each of its age tests holds matters.
+        # A rule touched by the age and nothing else is taken from the age's effects (from
+        # self.by_age): the age is given in most requests, and only which age tests hold matters.
         aged = self.touch_patient.get("age", NO_RULES) if enc.age is not None else NO_RULES
         others: set[int] = set()
         if enc.sex is not None:
@@ -275,7 +367,21 @@ class QuestionRanker:
         for name in derived:
             others |= touch_fact.get(name, NO_RULES)
         touched = others.union(alone, aged)
-        pending, f = self._pending(t, f, fired, derived, touched)
+        # What the derivers find pending depends only on the touched ones' leaves, which derivers
+        # fired and which of their facts were derived: kept as met, with the fact bits it clears.
+        key = (self.deriver_pos.intersection(fired), self.derivable.intersection(derived),
+               tuple([(pos, (t >> off) & mask, (f >> off) & mask) for pos, off, mask in self.deriver_blocks
+                      if pos in touched]))
+        hit = self.pending_cache.get(key)
+        if hit is None:
+            pending, f1 = self._pending(t, f, fired, derived, touched)
+            hit = pending, f & ~f1
+            if len(self.pending_cache) < PENDING_CACHE:
+                self.pending_cache[key] = hit
+            f = f1
+        else:
+            pending = hit[0]
+            f &= ~hit[1]
         pending0 = static.pending
         for name in pending.keys() | pending0.keys():
             if pending.get(name) != pending0.get(name):
@@ -291,32 +397,77 @@ class QuestionRanker:
         affected: set[str] = set()  # the findings they credit (now or in the static tables)
         gains: dict[str, list[Contribution]] = {}
         memo: dict[tuple[str, float], tuple[float, float, int]] = {}  # score items' crossings
-        # The touched candidates in rule order: one touched by a single finding alone from the
-        # table read at load, the others read here.
-        single, by_age, age_bits = self.single[tier], self.by_age[tier], self.age_bits
-        for i in sorted(touched & self.candidate_pos[tier]):
+        # The touched candidates: those touched by one finding alone, or by the age alone, from
+        # their effects; the others (`main`) one by one, a present finding's with tests on its
+        # value from self.single, the rest read here or from self.read_cache.
+        single = self.single[tier]
+        cache_of, cache = self.cache_of, self.read_cache[tier]
+        for i in aged:
+            if i in alone:  # touched by the age and a finding
+                main.add(i)
+        main |= others
+        main |= fired
+        # The rules touched by one finding alone, from its effects read at load, and those
+        # touched by the age alone, from the age's (`gains` is filled out of rule order: sorted
+        # where it is summed).
+        effects = self.effects[tier]
+        lists = [effects.get((code, None if fact is None else fact.present))
+                 for code, fact in [*known.items(), *[(c, None) for c in enc.unknown if c not in known]]]
+        if aged:
+            held = t & self.age_mask
+            by_held = self.age_effects[tier].get(held)
+            todo, missing = self._aged(tier, held) if by_held is None else by_held
+            lists.append(todo)
+            main |= missing
+        for todo in lists:
+            if not todo:
+                continue
+            for i, entry, rel, was, contribution in todo:
+                if i in main:
+                    continue
+                if entry is not None:
+                    near[i] = entry
+                if rel:
+                    related.update(rel)
+                if was:
+                    changed.add(i)
+                    affected.update(was)
+                    if contribution is not None:
+                        for code2 in entry[1]:  # type: ignore[index]
+                            if code2 in gains:
+                                gains[code2].append(contribution)
+                            else:
+                                gains[code2] = [contribution]
+        for i in touched & main & self.candidate_pos[tier]:
             if i in fired:
                 read = None
             else:
                 hit = None
-                if i not in others:
-                    code = alone.get(i, _AGED)
-                    if code is _AGED:  # touched by the age alone: by which of its age tests hold
-                        off, mask = age_bits[i]
-                        hit = by_age.get((i, (t >> off) & mask))
-                    elif code is not None and i not in aged:
+                if i not in others and i not in aged:  # then touched by findings alone
+                    code = alone[i]
+                    if code is not None:  # a present finding with tests on its value
                         fact = known.get(code)
                         hit = single.get((i, code, None if fact is None else fact.present))
                 if hit is None:
-                    read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
-                else:
-                    read, entry, same = hit
-                    if same:  # as in the static tables: a near miss or not, no credit changes
-                        if entry is not None:
-                            near[i] = entry
-                            if read[4]:  # supported
-                                related.update(read[1])
-                        continue
+                    off, mask, names, sid, thresholds = cache_of[i]
+                    key: tuple[Any, ...] = (i, (t >> off) & mask, (f >> off) & mask)
+                    if names:
+                        key += tuple([pending.get(n) for n in names])
+                    if sid is not None:
+                        key += (scores.get(sid), *[r in fired_ids for r in thresholds])
+                    hit = cache.get(key)
+                    if hit is None:
+                        read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
+                        hit = (read, None if read is None else read[:4], _as_static(read, before.get(i)))
+                        if len(cache) < READ_CACHE:
+                            cache[key] = hit
+                read, entry, same = hit
+                if same:  # as in the static tables: a near miss or not, no credit changes
+                    if entry is not None:
+                        near[i] = entry
+                        if read[4]:  # supported
+                            related.update(read[1])
+                    continue
             old = before.get(i)
             if read is None:
                 if old is not None:
@@ -358,8 +509,12 @@ class QuestionRanker:
                         items.sort()  # by rule index (c[POS])
                     else:
                         items = new
+                        if len(items) > 1:
+                            items.sort()
             else:
                 items = gains.get(code)
+                if items and len(items) > 1:
+                    items.sort()  # by rule index: `gains` is filled out of order
             if items:
                 if len(items) == 1:
                     # worth() of one finite value x is x + 0.1 * 0.0, that is x + 0.0 (-0.0 becomes 0.0)
@@ -374,13 +529,25 @@ class QuestionRanker:
                 del credit[code], reasons[code], reach[code]
         # Old bundled codes are never asked: their credit goes to an atom (service/reasoning/aliases.py).
         dirty = set(affected)  # the findings whose credit may differ from the static tables'
-        for code, atoms in self.umbrellas:
+        moved = self.moved[tier]
+        unknown = enc.unknown
+        left = []  # the umbrellas not moved as at load
+        for pair, both in self.umbrella_pairs:
+            code = both[0]
             if code in credit:
-                dirty.add(code)
-                dirty.update(atoms)
-                _settle([code, *atoms], fresh, reasons, reach)
-        if dirty.intersection(self.umbrella_codes):
-            aliases.ask_atoms(self.umbrellas, credit, reasons, reach, {*known, *enc.unknown})  # never an old code
+                dirty.update(both)
+                _settle(both, fresh, reasons, reach)
+                as_static = moved.get(code)
+                if as_static is not None:
+                    atom = as_static[0]
+                    if (code not in affected and atom not in affected and atom not in known
+                            and atom not in unknown):
+                        del credit[code], reasons[code], reach[code]
+                        _, credit[atom], reasons[atom], reach[atom] = as_static
+                        continue
+                left.append(pair)
+        if left:
+            aliases.ask_atoms(tuple(left), credit, reasons, reach, {*known, *unknown})  # never an old code
         findings = self.k.findings
         changed_findings = [c for c in dirty if c in credit and c in findings]
         limit = enc.ask_next_limit
@@ -450,9 +617,11 @@ class QuestionRanker:
         first = [self._patient_question(attr, credit.get(key, (0.0, 0.0)), reasons.get(key, []),
                                         _tier_change(reach.get(key, 0), current))
                  for attr, key in PATIENT_KEYS.items() if attr in missing]
+        urgent_set = set(by_urgency)  # sets: with ask_next_limit, up to hundreds of questions
+        lowering_set = set(lowering)
         return first + [self._question(code, sum(credit[code]), reasons[code],
-                                       "urgency" if code in by_urgency else "differential",
-                                       _tier_change(reach.get(code, 0), current), code in lowering)
+                                       "urgency" if code in urgent_set else "differential",
+                                       _TIER_CHANGES[reach.get(code, 0), current], code in lowering_set)
                         for code in chosen]
 
     def _read_row(self, i: int, row: _Row, t: int, f: int, pending: dict[str, frozenset[str]], scores: Any,
@@ -496,14 +665,12 @@ class QuestionRanker:
                 assessed = plan.bits.assess(t, f, pending)
                 needed = untouched[pos] = assessed[0] if assessed else None
             elif pos in touched:  # type: ignore[operator]
-                assessed = plan.bits.assess(t, f, pending)
-                needed = assessed[0] if assessed else None
+                needed = self._needs(plan, t, f, pending)
             else:
                 needed = untouched[pos]
                 for name, was in seen[pos]:
                     if pending.get(name) != was:  # it reads a fact pending otherwise: read it
-                        assessed = plan.bits.assess(t, f, pending)
-                        needed = assessed[0] if assessed else None
+                        needed = self._needs(plan, t, f, pending)
                         break
             if not needed:
                 continue
@@ -513,6 +680,46 @@ class QuestionRanker:
                         f &= ~facts.get(name, 0)  # pending: its leaves are unknown, not failing
                     pending[name] = needed
         return pending, f
+
+    def _aged(self, tier: str, held: int) -> tuple[list[_Effect], frozenset[int]]:
+        """What the rules the age touches change, read alone, when the age leaves in `held` hold
+        (and the other age leaves fail), in rule order, and the candidates self.by_age does not
+        hold (read one by one); kept per tier as met."""
+        by_age, read_of, rows = self.by_age[tier], self.static.tiers[tier].read_of, self.rows[tier]
+        out = []
+        missing = set()
+        for i in sorted(self.age_bits):
+            off, mask = self.age_bits[i]
+            hit = by_age.get((i, (held >> off) & mask))
+            if hit is None:
+                if i in rows:
+                    missing.add(i)
+                continue
+            effect = _effect(i, hit, read_of)
+            if effect is not None:
+                out.append(effect)
+        cache = self.age_effects[tier]
+        if len(cache) < READ_CACHE:
+            cache[held] = out, frozenset(missing)
+        return out, frozenset(missing)
+
+    def _needs(self, plan: _Plan, t: int, f: int, pending: dict[str, frozenset[str]]) -> frozenset[str] | None:
+        """What a deriver needs as a near miss, or None: read from `deriver_cache` when a request
+        before held the same of it (its T and F bits, what its facts are pending on)."""
+        rb = plan.bits
+        off, mask = rb.off, rb.mask
+        key: tuple[Any, ...] = (plan.pos, (t >> off) & mask, (f >> off) & mask)
+        names = self.cache_of[plan.pos][2]
+        if names:
+            key += tuple([pending.get(n) for n in names])
+        cache = self.deriver_cache
+        hit = cache.get(key, _MISSING)
+        if hit is _MISSING:
+            assessed = rb.assess(t, f, pending)
+            hit = assessed[0] if assessed else None
+            if len(cache) < READ_CACHE:
+                cache[key] = hit
+        return hit  # type: ignore[no-any-return]
 
     def _alternatives(self, code: str, near: dict[int, tuple[Contribution, frozenset[str], int, int]]
                       ) -> list[Contribution]:
@@ -545,8 +752,9 @@ class QuestionRanker:
             if finding is None:
                 continue
             if finding.deprecated:
-                atoms = [a for a in finding.replaced_by if a not in known and a not in asked]
-                out.update(atoms[:1])
+                atom = aliases.first_open(finding.replaced_by, known, asked)
+                if atom is not None:
+                    out.add(atom)
             else:
                 out.add(c)
         return sorted(out), [r.id for r in holders]
@@ -592,20 +800,25 @@ class QuestionRanker:
     def _question(self, code: str, impact: float, rules: list[str], aim: str,
                   change: dict[str, Any], lowers: bool = False) -> dict[str, Any]:
         head, choices = self.heads[code]
-        title = self.titles
-        titles = "; ".join([title[r] for r in rules[:3]])
         lead = "Could raise the urgency" if aim == "urgency" else "Would help tell the causes apart"
         if lowers and aim != "urgency":
             lead = LOWERS_LEAD
-        q = dict(head)  # finding, display, question, type and unit, in that order
+        # The same few rules stand behind many questions: each `why` is made once (kept as met,
+        # by any thread: a dict's get and set are atomic).
+        key = (lead, *rules[:3])
+        why = self.whys.get(key)
+        if why is None:
+            title = self.titles
+            why = f"{lead}: {'; '.join([title[r] for r in rules[:3]])}"
+            if len(self.whys) < READ_CACHE:
+                self.whys[key] = why
+        # finding, display, question, type and unit (the head), choices, aim, impact, the tier
+        # change, why, rules, in that order; one dict literal (with ask_next_limit an answer
+        # builds a hundred or more). New lists: the static tables' are shared by every request.
         if choices:
-            q["choices"] = list(choices)
-        q["aim"] = aim
-        q["impact"] = round(impact, 2)
-        q.update(change)
-        q["why"] = f"{lead}: {titles}"
-        q["rules"] = list(rules)  # the static tables' lists are shared by every request
-        return q
+            return {**head, "choices": list(choices), "aim": aim, "impact": round(impact, 2), **change,
+                    "why": why, "rules": list(rules)}
+        return {**head, "aim": aim, "impact": round(impact, 2), **change, "why": why, "rules": list(rules)}
 
     def _crossing(self, score: tuple[str, float], scores: Any, fired: set[str], tier: str,
                   memo: dict[tuple[str, float], tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -632,6 +845,19 @@ class QuestionRanker:
                     best = candidate
         memo[score] = out = (best[0], best[1], top)
         return out
+
+
+def _effect(i: int, hit: _Single, read_of: dict[int, tuple[Contribution, frozenset[str]]]) -> _Effect | None:
+    """What a rule read at load (`hit`: its reading, its entry for `near`, whether it reads as in
+    the static tables) changes in a request, or None when nothing (no near miss, now or in the
+    static tables)."""
+    read, entry, same = hit
+    rel = read[1] if read is not None and read[4] else NOTHING
+    if same:
+        return None if entry is None else (i, entry, rel, NOTHING, None)
+    old = read_of.get(i)
+    was = old[1] if old is not None else NOTHING
+    return (i, entry, rel, was | read[1], read[0]) if read is not None else (i, None, rel, was, None)
 
 
 def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None) -> list[Contribution]:
@@ -670,10 +896,12 @@ def _best(ranked: list[str], skip: set[str], new: list[str], n: int, credit: dic
                 break
     if not new:
         return out
-    return heapq.nsmallest(n, out + new, key=lambda c: (-credit[c][part], c))
+    # sorted()[:n] is what heapq.nsmallest is documented to equal, and faster at these sizes
+    # (tens of findings).
+    return sorted(out + new, key=lambda c: (-credit[c][part], c))[:n]
 
 
-def _settle(codes: list[str], fresh: dict[str, list[Contribution]], reasons: dict[str, list[str]],
+def _settle(codes: list[str] | tuple[str, ...], fresh: dict[str, list[Contribution]], reasons: dict[str, list[str]],
             reach: dict[str, int]) -> None:
     """The reasons and reach of `codes` whose credit this request recomputed."""
     for code in codes:
