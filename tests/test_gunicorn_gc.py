@@ -27,6 +27,8 @@ def test_pre_fork_freezes_what_the_master_holds(tmp_path):
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=60, check=True)
     before, frozen, tracked, after = map(int, out.stdout.split())
-    assert before == 0
-    assert frozen > 1000 and frozen > tracked // 2  # what the master had loaded (less its garbage)
+    # Python 3.12 starts with a few hundred objects frozen already (375 seen on 3.12.1): count
+    # what pre_fork added.
+    added = frozen - before
+    assert added > 1000 and added > tracked // 2  # what the master had loaded (less its garbage)
     assert after < 100  # nothing left for a worker's collections to walk
