@@ -1,13 +1,15 @@
 """gunicorn configuration used by `python -m service serve` (and the container).
 
 Worker model, chosen by measurement (bench/slow_clients.py, bench/run.py, docs/contributors.md "Performance"):
-gthread, 4 threads per worker, with or without the nginx sidecar in front. Evaluation is
-CPU-bound and serialised per process by the engine lock, so the threads add little throughput,
-but they keep a worker answering while some of its connections are slow: with 6 clients
-dribbling their bodies, sync workers (3) answered 0% of health probes, gthread 88% at 2.4 ms.
-Behind nginx (which reads every request completely first) sync workers would be safe, and were
-measured again (issue 18): gthread still carried 1.5-1.7x their evaluations per second (likely
-because sync workers close every connection, so nginx opens one per request), so it stays.
+gthread, 4 threads per worker, by default: wherever clients can reach gunicorn without the
+nginx sidecar. Evaluation is CPU-bound and serialised per process by the engine lock, so the
+threads add little throughput, but they keep a worker answering while some of its connections
+are slow: with 6 clients dribbling their bodies, sync workers (3) answered 0% of health probes,
+gthread 88% at 2.4 ms. Behind nginx (which reads every request completely first) sync workers
+are safe; measured there in three runs on 30 November 2026 (issue 18, bench/run.py), sync
+carried as many evaluations per second as gthread (1,093-1,214 against 1,077-1,257) with a p99
+2.3-3.4x lower (22-23 ms against 53-76 ms at 16 connections), so the Deployment, which runs the
+sidecar, sets CDS_WORKER_CLASS=sync. (Earlier steps had measured gthread 1.5-1.7x ahead there.)
 One process per core plus one. The rule set is compiled once in the master (preload) and
 shared copy-on-write with the workers; each worker's engine state is its own.
 """
