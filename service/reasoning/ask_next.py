@@ -310,6 +310,10 @@ class QuestionRanker:
         # ... and what they find pending in a request, with the fact bits that clears in F
         # (keyed by what decides it: see rank).
         self.pending_cache: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
+        # The distinct values those two hold, each kept once (see _shared): no bound needed,
+        # there are fewer of them than entries.
+        self.pending_shared: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
+        self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
         self.deriver_pos = frozenset(p.pos for p in self.derivers)
         self.derivable = frozenset(name for p in self.derivers for name in p.derive)
         self.deriver_blocks = tuple((p.pos, p.bits.off, p.bits.mask) for p in self.derivers)
@@ -369,15 +373,19 @@ class QuestionRanker:
         touched = others.union(alone, aged)
         # What the derivers find pending depends only on the touched ones' leaves, which derivers
         # fired and which of their facts were derived: kept as met, with the fact bits it clears.
-        key = (self.deriver_pos.intersection(fired), self.derivable.intersection(derived),
+        # (Sorted tuples, not the frozensets: a key of strs and ints the cyclic collector stops
+        # tracking.)
+        key = (tuple(sorted(self.deriver_pos.intersection(fired))),
+               tuple(sorted(self.derivable.intersection(derived))),
                tuple([(pos, (t >> off) & mask, (f >> off) & mask) for pos, off, mask in self.deriver_blocks
                       if pos in touched]))
         hit = self.pending_cache.get(key)
         if hit is None:
             pending, f1 = self._pending(t, f, fired, derived, touched)
-            hit = pending, f & ~f1
             if len(self.pending_cache) < PENDING_CACHE:
+                hit = self._shared(pending, f & ~f1)
                 self.pending_cache[key] = hit
+                pending = hit[0]
             f = f1
         else:
             pending = hit[0]
@@ -458,7 +466,7 @@ class QuestionRanker:
                     hit = cache.get(key)
                     if hit is None:
                         read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
-                        hit = (read, None if read is None else read[:4], _as_static(read, before.get(i)))
+                        hit = _kept(read, _as_static(read, before.get(i)))
                         if len(cache) < READ_CACHE:
                             cache[key] = hit
                 read, entry, same = hit
@@ -681,6 +689,21 @@ class QuestionRanker:
                     pending[name] = needed
         return pending, f
 
+    def _shared(self, pending: dict[str, frozenset[str]], cleared: int) -> tuple[dict[str, frozenset[str]], int]:
+        """One pending_cache value per distinct content (the same dict, in the same order, and
+        the same frozensets): the dicts and frozensets the cyclic collector tracks are a few
+        hundred, not one per entry. Only where an entry is added."""
+        sets = self.shared_sets
+        values = [sets.setdefault(v, v) for v in pending.values()]
+        # Keyed by the names and the shared frozensets' ids (kept alive in shared_sets): a key
+        # of strs and ints, untracked like the entries'.
+        key = (tuple(pending), tuple([id(v) for v in values]), cleared)
+        shared = self.pending_shared
+        hit = shared.get(key)
+        if hit is None:
+            hit = shared[key] = (dict(zip(pending, values, strict=True)), cleared)
+        return hit
+
     def _aged(self, tier: str, held: int) -> tuple[list[_Effect], frozenset[int]]:
         """What the rules the age touches change, read alone, when the age leaves in `held` hold
         (and the other age leaves fail), in rule order, and the candidates self.by_age does not
@@ -718,6 +741,8 @@ class QuestionRanker:
             assessed = rb.assess(t, f, pending)
             hit = assessed[0] if assessed else None
             if len(cache) < READ_CACHE:
+                if hit is not None:  # one frozenset per distinct value (see _shared)
+                    hit = self.shared_sets.setdefault(hit, hit)
                 cache[key] = hit
         return hit  # type: ignore[no-any-return]
 
@@ -871,6 +896,20 @@ def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None)
         else:
             items = dynamic
     return items
+
+
+def _kept(read: _Reading | None, same: bool) -> _Single:
+    """A reading as read_cache keeps it: its findings as a sorted tuple rather than a frozenset,
+    so that the entry holds only strs, numbers and tuples of them, which CPython's cyclic
+    collector stops tracking (a frozenset it tracks always: some 30,000 entries walked at every
+    full collection otherwise). Used as the frozenset was: iterated, `in`, and in `related`.
+    `same` is decided before, on the frozenset (the static tables hold frozensets); a reading
+    not `same` never equals its static one, whatever the type of its findings."""
+    if read is None:
+        return None, None, same
+    c, needed, lt, lf, supported = read
+    kept = (c, tuple(sorted(needed)), lt, lf, supported)
+    return kept, kept[:4], same  # type: ignore[return-value]
 
 
 def _as_static(read: _Reading | None, old: tuple[Contribution, frozenset[str]] | None) -> bool:
