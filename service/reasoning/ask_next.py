@@ -59,6 +59,7 @@ six: rules on age can never fire without it, and a nurse can answer it at once.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
@@ -314,6 +315,11 @@ class QuestionRanker:
         # there are fewer of them than entries.
         self.pending_shared: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
         self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
+        # Each of those frozensets' number: read_cache's and deriver_cache's keys hold a pending
+        # fact's findings as it (an int, untracked) rather than the frozenset; equal frozensets
+        # have one number, and one not numbered stays itself in the key (never equal to an int).
+        self.set_numbers: dict[frozenset[str], int] = {}
+        self.shared_lock = threading.Lock()
         self.deriver_pos = frozenset(p.pos for p in self.derivers)
         self.derivable = frozenset(name for p in self.derivers for name in p.derive)
         self.deriver_blocks = tuple((p.pos, p.bits.off, p.bits.mask) for p in self.derivers)
@@ -410,6 +416,7 @@ class QuestionRanker:
         # value from self.single, the rest read here or from self.read_cache.
         single = self.single[tier]
         cache_of, cache = self.cache_of, self.read_cache[tier]
+        numbers = self.set_numbers
         for i in aged:
             if i in alone:  # touched by the age and a finding
                 main.add(i)
@@ -460,7 +467,7 @@ class QuestionRanker:
                     off, mask, names, sid, thresholds = cache_of[i]
                     key: tuple[Any, ...] = (i, (t >> off) & mask, (f >> off) & mask)
                     if names:
-                        key += tuple([pending.get(n) for n in names])
+                        key += tuple([numbers.get(v, v) for v in map(pending.get, names)])
                     if sid is not None:
                         key += (scores.get(sid), *[r in fired_ids for r in thresholds])
                     hit = cache.get(key)
@@ -693,15 +700,18 @@ class QuestionRanker:
         """One pending_cache value per distinct content (the same dict, in the same order, and
         the same frozensets): the dicts and frozensets the cyclic collector tracks are a few
         hundred, not one per entry. Only where an entry is added."""
-        sets = self.shared_sets
-        values = [sets.setdefault(v, v) for v in pending.values()]
-        # Keyed by the names and the shared frozensets' ids (kept alive in shared_sets): a key
-        # of strs and ints, untracked like the entries'.
-        key = (tuple(pending), tuple([id(v) for v in values]), cleared)
-        shared = self.pending_shared
-        hit = shared.get(key)
-        if hit is None:
-            hit = shared[key] = (dict(zip(pending, values, strict=True)), cleared)
+        with self.shared_lock:  # by any thread: two must not give two sets one number
+            sets, numbers = self.shared_sets, self.set_numbers
+            values = [sets.setdefault(v, v) for v in pending.values()]
+            for v in values:
+                if v not in numbers:
+                    numbers[v] = len(numbers)
+            # Keyed by the names and their sets' numbers: a key of strs and ints, untracked.
+            key = (tuple(pending), tuple([numbers[v] for v in values]), cleared)
+            shared = self.pending_shared
+            hit = shared.get(key)
+            if hit is None:
+                hit = shared[key] = (dict(zip(pending, values, strict=True)), cleared)
         return hit
 
     def _aged(self, tier: str, held: int) -> tuple[list[_Effect], frozenset[int]]:
@@ -734,7 +744,8 @@ class QuestionRanker:
         key: tuple[Any, ...] = (plan.pos, (t >> off) & mask, (f >> off) & mask)
         names = self.cache_of[plan.pos][2]
         if names:
-            key += tuple([pending.get(n) for n in names])
+            numbers = self.set_numbers
+            key += tuple([numbers.get(v, v) for v in map(pending.get, names)])
         cache = self.deriver_cache
         hit = cache.get(key, _MISSING)
         if hit is _MISSING:
