@@ -105,6 +105,9 @@ _Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int
 _Effect = tuple[int, "tuple[Contribution, frozenset[str], int, int] | None", frozenset[str], frozenset[str],
                 "Contribution | None"]
 NOTHING: frozenset[str] = frozenset()
+# What the derivers find pending (fact -> the findings it needs), the fact bits that clears in F,
+# and each pending fact's set's number (QuestionRanker.set_numbers: what read_cache's keys hold).
+_Pending = tuple[dict[str, frozenset[str]], int, dict[str, "int | frozenset[str]"]]
 
 
 class _Plan:
@@ -310,10 +313,10 @@ class QuestionRanker:
         self.deriver_cache: dict[tuple[Any, ...], frozenset[str] | None] = {}
         # ... and what they find pending in a request, with the fact bits that clears in F
         # (keyed by what decides it: see rank).
-        self.pending_cache: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
+        self.pending_cache: dict[tuple[Any, ...], _Pending] = {}
         # The distinct values those two hold, each kept once (see _shared): no bound needed,
         # there are fewer of them than entries.
-        self.pending_shared: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
+        self.pending_shared: dict[tuple[Any, ...], _Pending] = {}
         self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
         # Each of those frozensets' number: read_cache's and deriver_cache's keys hold a pending
         # fact's findings as it (an int, untracked) rather than the frozenset; equal frozensets
@@ -391,11 +394,14 @@ class QuestionRanker:
             if len(self.pending_cache) < PENDING_CACHE:
                 hit = self._shared(pending, f & ~f1)
                 self.pending_cache[key] = hit
-                pending = hit[0]
+                pending, _, numbered = hit
+            else:
+                numbers = self.set_numbers
+                numbered = {name: numbers.get(v, v) for name, v in pending.items()}
             f = f1
         else:
-            pending = hit[0]
-            f &= ~hit[1]
+            pending, cleared, numbered = hit
+            f &= ~cleared
         pending0 = static.pending
         for name in pending.keys() | pending0.keys():
             if pending.get(name) != pending0.get(name):
@@ -416,7 +422,6 @@ class QuestionRanker:
         # value from self.single, the rest read here or from self.read_cache.
         single = self.single[tier]
         cache_of, cache = self.cache_of, self.read_cache[tier]
-        numbers = self.set_numbers
         for i in aged:
             if i in alone:  # touched by the age and a finding
                 main.add(i)
@@ -467,7 +472,7 @@ class QuestionRanker:
                     off, mask, names, sid, thresholds = cache_of[i]
                     key: tuple[Any, ...] = (i, (t >> off) & mask, (f >> off) & mask)
                     if names:
-                        key += tuple([numbers.get(v, v) for v in map(pending.get, names)])
+                        key += tuple([numbered.get(n) for n in names])
                     if sid is not None:
                         key += (scores.get(sid), *[r in fired_ids for r in thresholds])
                     hit = cache.get(key)
@@ -696,7 +701,7 @@ class QuestionRanker:
                     pending[name] = needed
         return pending, f
 
-    def _shared(self, pending: dict[str, frozenset[str]], cleared: int) -> tuple[dict[str, frozenset[str]], int]:
+    def _shared(self, pending: dict[str, frozenset[str]], cleared: int) -> _Pending:
         """One pending_cache value per distinct content (the same dict, in the same order, and
         the same frozensets): the dicts and frozensets the cyclic collector tracks are a few
         hundred, not one per entry. Only where an entry is added."""
@@ -711,7 +716,8 @@ class QuestionRanker:
             shared = self.pending_shared
             hit = shared.get(key)
             if hit is None:
-                hit = shared[key] = (dict(zip(pending, values, strict=True)), cleared)
+                hit = shared[key] = (dict(zip(pending, values, strict=True)), cleared,
+                                     {name: numbers[v] for name, v in zip(pending, values, strict=True)})
         return hit
 
     def _aged(self, tier: str, held: int) -> tuple[list[_Effect], frozenset[int]]:
