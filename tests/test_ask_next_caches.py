@@ -8,7 +8,6 @@ ranker (tests/reference/ask_next_reference.py) ask the same questions."""
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import pytest
@@ -66,31 +65,3 @@ def test_kept_readings_give_the_same_questions_as_reading_again(rankers, monkeyp
     # Bounds at 0: the other ranker kept nothing.
     assert not any(cold.ranker.read_cache.values()) and not cold.ranker.pending_cache
     assert not cold.ranker.deriver_cache and not cold.ranker.whys
-
-
-def test_the_caches_entries_are_left_alone_by_the_cyclic_collector(rankers):
-    """A worker's caches hold tens of thousands of entries, kept for its life: entries holding
-    frozensets (always tracked) would be walked by every full collection (issue 18: 12-73 ms
-    pauses). Their keys and read_cache's values are plain values the collector stops tracking
-    once it has seen them; pending_cache's values (dicts of frozensets) and deriver_cache's are
-    one object per distinct content."""
-    warm = rankers[0].ranker
-    # A collection untracks a tuple only once the tuples inside it are untracked, one level per
-    # pass in the order it meets them (Python 3.13 met the keys before their inner tuples):
-    # a worker's repeated collections get there; here, one pass per level of nesting.
-    for _ in range(4):
-        gc.collect()
-    # (deriver_cache's keys, made while the derivers are read, hold a pending fact's frozenset
-    # the first time it is met, before it is numbered: a few dozen.)
-    for cache in [*warm.read_cache.values(), warm.pending_cache]:
-        assert cache
-        assert not [key for key in cache if gc.is_tracked(key)]
-    hits = [hit for c in warm.read_cache.values() for hit in c.values()]
-    assert any(hit[0] is not None for hit in hits), "no near miss kept: nothing tested"
-    assert not [hit for hit in hits if gc.is_tracked(hit)]
-    pending = list(warm.pending_cache.values())
-    assert pending
-    assert len({id(hit) for hit in pending}) == len({(tuple(hit[0].items()), hit[1]) for hit in pending})
-    sets = [s for hit in pending for s in hit[0].values()]
-    sets += [s for s in warm.deriver_cache.values() if s is not None]
-    assert len({id(s) for s in sets}) == len(set(sets))

@@ -59,7 +59,6 @@ six: rules on age can never fire without it, and a nurse can answer it at once.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from service.knowledge.model import SEXES, TIER_RANK, Knowledge, Rule
@@ -105,9 +104,6 @@ _Single = tuple["_Reading | None", "tuple[Contribution, frozenset[str], int, int
 _Effect = tuple[int, "tuple[Contribution, frozenset[str], int, int] | None", frozenset[str], frozenset[str],
                 "Contribution | None"]
 NOTHING: frozenset[str] = frozenset()
-# What the derivers find pending (fact -> the findings it needs), the fact bits that clears in F,
-# and each pending fact's set's number (QuestionRanker.set_numbers: what read_cache's keys hold).
-_Pending = tuple[dict[str, frozenset[str]], int, dict[str, "int | frozenset[str]"]]
 
 
 class _Plan:
@@ -313,16 +309,7 @@ class QuestionRanker:
         self.deriver_cache: dict[tuple[Any, ...], frozenset[str] | None] = {}
         # ... and what they find pending in a request, with the fact bits that clears in F
         # (keyed by what decides it: see rank).
-        self.pending_cache: dict[tuple[Any, ...], _Pending] = {}
-        # The distinct values those two hold, each kept once (see _shared): no bound needed,
-        # there are fewer of them than entries.
-        self.pending_shared: dict[tuple[Any, ...], _Pending] = {}
-        self.shared_sets: dict[frozenset[str], frozenset[str]] = {}
-        # Each of those frozensets' number: read_cache's and deriver_cache's keys hold a pending
-        # fact's findings as it (an int, untracked) rather than the frozenset; equal frozensets
-        # have one number, and one not numbered stays itself in the key (never equal to an int).
-        self.set_numbers: dict[frozenset[str], int] = {}
-        self.shared_lock = threading.Lock()
+        self.pending_cache: dict[tuple[Any, ...], tuple[dict[str, frozenset[str]], int]] = {}
         self.deriver_pos = frozenset(p.pos for p in self.derivers)
         self.derivable = frozenset(name for p in self.derivers for name in p.derive)
         self.deriver_blocks = tuple((p.pos, p.bits.off, p.bits.mask) for p in self.derivers)
@@ -382,26 +369,19 @@ class QuestionRanker:
         touched = others.union(alone, aged)
         # What the derivers find pending depends only on the touched ones' leaves, which derivers
         # fired and which of their facts were derived: kept as met, with the fact bits it clears.
-        # (Sorted tuples, not the frozensets: a key of strs and ints the cyclic collector stops
-        # tracking.)
-        key = (tuple(sorted(self.deriver_pos.intersection(fired))),
-               tuple(sorted(self.derivable.intersection(derived))),
+        key = (self.deriver_pos.intersection(fired), self.derivable.intersection(derived),
                tuple([(pos, (t >> off) & mask, (f >> off) & mask) for pos, off, mask in self.deriver_blocks
                       if pos in touched]))
         hit = self.pending_cache.get(key)
         if hit is None:
             pending, f1 = self._pending(t, f, fired, derived, touched)
+            hit = pending, f & ~f1
             if len(self.pending_cache) < PENDING_CACHE:
-                hit = self._shared(pending, f & ~f1)
                 self.pending_cache[key] = hit
-                pending, _, numbered = hit
-            else:
-                numbers = self.set_numbers
-                numbered = {name: numbers.get(v, v) for name, v in pending.items()}
             f = f1
         else:
-            pending, cleared, numbered = hit
-            f &= ~cleared
+            pending = hit[0]
+            f &= ~hit[1]
         pending0 = static.pending
         for name in pending.keys() | pending0.keys():
             if pending.get(name) != pending0.get(name):
@@ -472,13 +452,13 @@ class QuestionRanker:
                     off, mask, names, sid, thresholds = cache_of[i]
                     key: tuple[Any, ...] = (i, (t >> off) & mask, (f >> off) & mask)
                     if names:
-                        key += tuple([numbered.get(n) for n in names])
+                        key += tuple([pending.get(n) for n in names])
                     if sid is not None:
                         key += (scores.get(sid), *[r in fired_ids for r in thresholds])
                     hit = cache.get(key)
                     if hit is None:
                         read = self._read_row(i, rows[i], t, f, pending, scores, fired_ids, tier, memo)
-                        hit = _kept(read, _as_static(read, before.get(i)))
+                        hit = (read, None if read is None else read[:4], _as_static(read, before.get(i)))
                         if len(cache) < READ_CACHE:
                             cache[key] = hit
                 read, entry, same = hit
@@ -701,25 +681,6 @@ class QuestionRanker:
                     pending[name] = needed
         return pending, f
 
-    def _shared(self, pending: dict[str, frozenset[str]], cleared: int) -> _Pending:
-        """One pending_cache value per distinct content (the same dict, in the same order, and
-        the same frozensets): the dicts and frozensets the cyclic collector tracks are a few
-        hundred, not one per entry. Only where an entry is added."""
-        with self.shared_lock:  # by any thread: two must not give two sets one number
-            sets, numbers = self.shared_sets, self.set_numbers
-            values = [sets.setdefault(v, v) for v in pending.values()]
-            for v in values:
-                if v not in numbers:
-                    numbers[v] = len(numbers)
-            # Keyed by the names and their sets' numbers: a key of strs and ints, untracked.
-            key = (tuple(pending), tuple([numbers[v] for v in values]), cleared)
-            shared = self.pending_shared
-            hit = shared.get(key)
-            if hit is None:
-                hit = shared[key] = (dict(zip(pending, values, strict=True)), cleared,
-                                     {name: numbers[v] for name, v in zip(pending, values, strict=True)})
-        return hit
-
     def _aged(self, tier: str, held: int) -> tuple[list[_Effect], frozenset[int]]:
         """What the rules the age touches change, read alone, when the age leaves in `held` hold
         (and the other age leaves fail), in rule order, and the candidates self.by_age does not
@@ -750,16 +711,13 @@ class QuestionRanker:
         key: tuple[Any, ...] = (plan.pos, (t >> off) & mask, (f >> off) & mask)
         names = self.cache_of[plan.pos][2]
         if names:
-            numbers = self.set_numbers
-            key += tuple([numbers.get(v, v) for v in map(pending.get, names)])
+            key += tuple([pending.get(n) for n in names])
         cache = self.deriver_cache
         hit = cache.get(key, _MISSING)
         if hit is _MISSING:
             assessed = rb.assess(t, f, pending)
             hit = assessed[0] if assessed else None
             if len(cache) < READ_CACHE:
-                if hit is not None:  # one frozenset per distinct value (see _shared)
-                    hit = self.shared_sets.setdefault(hit, hit)
                 cache[key] = hit
         return hit  # type: ignore[no-any-return]
 
@@ -913,20 +871,6 @@ def _merged(static: Any, replaced: set[int], dynamic: list[Contribution] | None)
         else:
             items = dynamic
     return items
-
-
-def _kept(read: _Reading | None, same: bool) -> _Single:
-    """A reading as read_cache keeps it: its findings as a sorted tuple rather than a frozenset,
-    so that the entry holds only strs, numbers and tuples of them, which CPython's cyclic
-    collector stops tracking (a frozenset it tracks always: some 30,000 entries walked at every
-    full collection otherwise). Used as the frozenset was: iterated, `in`, and in `related`.
-    `same` is decided before, on the frozenset (the static tables hold frozensets); a reading
-    not `same` never equals its static one, whatever the type of its findings."""
-    if read is None:
-        return None, None, same
-    c, needed, lt, lf, supported = read
-    kept = (c, tuple(sorted(needed)), lt, lf, supported)
-    return kept, kept[:4], same  # type: ignore[return-value]
 
 
 def _as_static(read: _Reading | None, old: tuple[Contribution, frozenset[str]] | None) -> bool:
